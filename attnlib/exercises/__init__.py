@@ -1,0 +1,116 @@
+"""Exercise checks: `check("ch1.project_qkv", my_qkv)` returns a one-sentence verdict.
+
+Each chapter's checks live in `attnlib/exercises/ch<N>.py` and register themselves with
+`@exercise("ch<N>.<name>")`.  A check calls the learner's function or reads the
+learner's value, compares it with the library's own answer, and either returns a
+sentence of praise or raises `Wrong` with a sentence saying what was expected and what
+came back.  Whatever the learner's code does, `check` returns a `Verdict`; it never
+lets a traceback reach the learner.
+"""
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+
+import torch
+
+_CHECKS = {}
+
+
+class Wrong(Exception):
+    """Raised by a check when the answer is not right; the message is the feedback."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of a check: truthy when right; shown as one line in a notebook."""
+
+    name: str
+    passed: bool
+    message: str
+
+    def __bool__(self):
+        return self.passed
+
+    def __repr__(self):
+        return f"{'✅ Correct' if self.passed else '❌ Not yet'} ({self.name}): {self.message}"
+
+
+def exercise(name):
+    """Register the decorated function as the check for exercise `name`."""
+
+    def register(checker):
+        _CHECKS[name] = checker
+        return checker
+
+    return register
+
+
+def _load_all():
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+def available():
+    """Names of all exercises that have a check."""
+    _load_all()
+    return sorted(_CHECKS)
+
+
+def check(name, answer):
+    """Check a learner's `answer` (a function or a value) for exercise `name`."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str such as 'ch1.shapes', got {type(name).__name__}")
+    if name not in _CHECKS:
+        _load_all()
+    if name not in _CHECKS:
+        raise ValueError(f"name {name!r} is not an exercise; known: {', '.join(available())}")
+    try:
+        message = _CHECKS[name](answer)
+    except Wrong as wrong:
+        return Verdict(name, False, str(wrong))
+    except Exception as error:  # an answer of a form no check foresaw
+        return Verdict(
+            name, False, f"the check could not use your answer ({type(error).__name__}: {error})."
+        )
+    return Verdict(name, True, message)
+
+
+# --- helpers for writing checks ------------------------------------------------------
+
+
+def call(fn, *args, called_with):
+    """Call the learner's function; turn anything it raises into feedback."""
+    if not callable(fn):
+        raise Wrong(f"expected a function, got {type(fn).__name__}: pass the function itself, "
+                    "without calling it.")
+    try:
+        return fn(*args)
+    except NotImplementedError:
+        raise Wrong("your function still raises NotImplementedError: "
+                    "replace that line with your code.") from None
+    except Exception as error:
+        raise Wrong(f"your function raised {type(error).__name__} ({error}) "
+                    f"when called with {called_with}.") from None
+
+
+def shape_text(shape):
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def same_tensor(got, expected, what, atol=1e-5, rtol=1e-5):
+    """Raise Wrong unless `got` is a tensor of `expected`'s shape and values."""
+    if not isinstance(got, torch.Tensor):
+        raise Wrong(f"{what} should be a torch.Tensor, but got {type(got).__name__}.")
+    if got.shape != expected.shape:
+        hint = ""
+        if expected.dim() >= 2 and got.shape == expected.mT.shape:
+            hint = ": it looks transposed"
+        raise Wrong(f"{what} should have shape {shape_text(expected.shape)}, "
+                    f"but yours has shape {shape_text(got.shape)}{hint}.")
+    got64, expected64 = got.detach().double().cpu(), expected.detach().double().cpu()
+    close = torch.isclose(got64, expected64, atol=atol, rtol=rtol, equal_nan=True)
+    if not bool(close.all()):
+        where = tuple(int(i) for i in torch.nonzero(~close)[0])
+        raise Wrong(f"{what} has the right shape but not the right values: at index {where} "
+                    f"expected {expected64[where]:.4g}, got {got64[where]:.4g}.")

@@ -1,0 +1,96 @@
+"""Checks for chapter 1: Q/K/V projections."""
+
+import torch
+
+from attnlib import projections
+from attnlib.exercises import Wrong, call, exercise, same_tensor, shape_text
+
+#: The setting of the shape-prediction exercise.
+SHAPES_SETTING = {"N": 5, "d_model": 8, "d_k": 3, "d_v": 4}
+
+_SHAPE_HINTS = {
+    "Q": "each of the N tokens gets a query of width d_k",
+    "K": "each of the N tokens gets a key of width d_k",
+    "V": "each of the N tokens gets a value of width d_v",
+    "S": "S compares every query with every key, so it is N x N whatever d_k is",
+}
+
+
+def expected_shapes(N, d_model, d_k, d_v):
+    x = torch.zeros(N, d_model)
+    w_q, w_k, w_v = (torch.zeros(d_model, d) for d in (d_k, d_k, d_v))
+    q, k, v = projections.qkv(x, w_q, w_k, w_v)
+    return {"Q": tuple(q.shape), "K": tuple(k.shape), "V": tuple(v.shape),
+            "S": tuple((q @ k.mT).shape)}
+
+
+@exercise("ch1.shapes")
+def check_shapes(answer):
+    expected = expected_shapes(**SHAPES_SETTING)
+    if not isinstance(answer, dict):
+        raise Wrong("answer with a dict such as {'Q': (5, 3), ...}, "
+                    f"got {type(answer).__name__}.")
+    missing = [key for key in expected if key not in answer]
+    if missing:
+        raise Wrong(f"the dict needs the keys {', '.join(expected)}; missing {', '.join(missing)}.")
+    for key, shape in expected.items():
+        try:
+            got = tuple(int(s) for s in answer[key])
+        except (TypeError, ValueError):
+            raise Wrong(f"{key} should be a tuple of ints, got {answer[key]!r}.") from None
+        if got != shape:
+            raise Wrong(f"{key} has shape {shape_text(shape)}, not {shape_text(got)}: "
+                        f"{_SHAPE_HINTS[key]}.")
+    return "Q and K share the width d_k so that they can be compared, and S is N x N."
+
+
+#: The sentence of the prediction exercise about the money sense of "bank".
+MONEY_SENTENCE = "she deposited cash at the bank"
+
+
+@exercise("ch1.bank_money")
+def check_bank_money(answer):
+    tokens, x = projections.embed(MONEY_SENTENCE)
+    q, k, _ = projections.qkv(x, *projections.hand_built_projections())
+    row = (q @ k.mT)[tokens.index("bank")]
+    scores = {t: float(row[j]) for j, t in enumerate(tokens) if t != "bank"}
+    best = max(scores, key=scores.get)
+    if not isinstance(answer, str):
+        raise Wrong(f"answer with one word of the sentence as a str, got {type(answer).__name__}.")
+    word = answer.strip().lower()
+    if word not in scores:
+        raise Wrong(f"{answer!r} is not one of the other words of {MONEY_SENTENCE!r}.")
+    if word != best:
+        raise Wrong(f"bank's score for {word!r} is {scores[word]:.2f}, but another word scores "
+                    "higher: look at which words have a non-zero 'water' or 'money' feature.")
+    return f"{best!r} carries the most 'money', and bank's query asks for the topic around it."
+
+
+@exercise("ch1.project_qkv")
+def check_project_qkv(my_qkv):
+    tokens, x = projections.embed(projections.EXAMPLE_SENTENCE)
+    cases = [("the example sentence and the hand-built W_Q, W_K, W_V",
+              x, projections.hand_built_projections())]
+    gen = torch.Generator().manual_seed(1)
+    x_batch = torch.randn(2, 3, 5, 8, generator=gen)
+    cases.append(("a batch x of shape (2, 3, 5, 8), d_k = 4, d_v = 6", x_batch,
+                  projections.random_projections(8, 4, 6, seed=1)))
+    for description, x_case, weights in cases:
+        got = call(my_qkv, x_case, *weights, called_with=description)
+        if not isinstance(got, (tuple, list)) or len(got) != 3:
+            raise Wrong(f"return three tensors (Q, K, V), got {type(got).__name__}.")
+        for what, g, e in zip("QKV", got, projections.qkv(x_case, *weights), strict=True):
+            same_tensor(g, e, f"{what} for {description}")
+    return "one matrix product per projection, and it works for any leading batch dimensions."
+
+
+@exercise("ch1.cross_scores")
+def check_cross_scores(cross_scores):
+    gen = torch.Generator().manual_seed(2)
+    x_q, x_kv = torch.randn(3, 6, generator=gen), torch.randn(5, 6, generator=gen)
+    w_q, w_k, _ = projections.random_projections(6, 4, seed=2)
+    expected = (x_q @ w_q) @ (x_kv @ w_k).mT
+    got = call(cross_scores, x_q, x_kv, w_q, w_k,
+               called_with="x_q of shape (3, 6), x_kv of shape (5, 6), d_k = 4")
+    same_tensor(got, expected, "the score table for 3 queries and 5 keys")
+    return "one row per query, one column per key: (3, 5) here, no longer square."

@@ -1,0 +1,166 @@
+"""The chapter notebooks follow the course conventions, and their stored outputs are
+those of a complete, clean run (strict nbval then checks that they reproduce)."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+from IPython.core.inputtransformer2 import TransformerManager
+
+from tools.notebooks import BEGIN, END, ROOT, chapter_notebooks, setup_cell_source, strip_solutions
+
+NOTEBOOKS = chapter_notebooks()
+IDS = [p.stem for p in NOTEBOOKS]
+
+
+def read(path):
+    return nbformat.read(path, as_version=4)
+
+
+def code_cells(nb):
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def text_outputs(cell):
+    for out in cell.outputs:
+        if out.output_type == "stream":
+            yield out.text
+        for mime, value in out.get("data", {}).items():
+            if mime.startswith("text/"):
+                yield value
+
+
+def test_table_of_contents_lists_exactly_the_chapter_notebooks():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [entry["file"] for entry in toc["chapters"]]
+    assert files == [f"chapters/{p.stem}" for p in NOTEBOOKS]
+    assert NOTEBOOKS, "no chapter notebooks found"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_every_code_cell_ran_once_in_order_without_errors(path):
+    cells = [c for c in code_cells(read(path)) if c.source.strip()]
+    assert [c.execution_count for c in cells] == list(range(1, len(cells) + 1)), (
+        "run `make notebooks`: the stored outputs are not those of one clean run")
+    for cell in cells:
+        for out in cell.outputs:
+            assert out.output_type != "error", f"stored error in:\n{cell.source}"
+            assert not (out.output_type == "stream" and out.name == "stderr"), (
+                f"stderr output (a warning?) in:\n{cell.source}\n{out.text}")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_setup_cell_comes_first_and_matches_the_config(path):
+    first = code_cells(read(path))[0]
+    assert first.source == setup_cell_source(), "run `make notebooks` to rewrite it"
+    assert "remove-cell" in first.metadata.get("tags", [])
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_outputs_hold_no_memory_addresses(path):
+    for cell in code_cells(read(path)):
+        for text in text_outputs(cell):
+            assert not re.search(r" at 0x[0-9a-f]+", text), f"address in output of:\n{cell.source}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_few_cells_skip_output_comparison(path):
+    cells = code_cells(read(path))
+    ignored = [c for c in cells if "nbval-ignore-output" in c.metadata.get("tags", [])]
+    assert len(ignored) <= len(cells) // 4
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_every_figure_has_alt_text(path):
+    for cell in code_cells(read(path)):
+        if any("image/png" in out.get("data", {}) for out in cell.outputs):
+            alt = cell.metadata.get("mystnb", {}).get("image", {}).get("alt", "")
+            assert len(alt) > 20, f"figure without alt text:\n{cell.source[:200]}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_chapter_shape_objectives_summary_and_checked_exercises(path):
+    nb = read(path)
+    markdown = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    code = [c.source for c in code_cells(nb)]
+    assert "**After this chapter you can**" in markdown
+    assert markdown.index("## Summary") < markdown.index("## Exercises")
+    exercises = re.findall(r"\{exercise\}.*\n:label: (\S+)", markdown)
+    assert len(exercises) >= 3
+    for label in exercises:
+        solution = r"\{solution-start\} " + re.escape(label) + r"\n:class: dropdown"
+        assert re.search(solution, markdown)
+    assert sum(BEGIN in src and END in src for src in code) == len(exercises)
+    checks = [src for src in code if "attnlib.check(" in src]
+    assert len(checks) == len(exercises)
+    for cell in code_cells(nb):
+        if "attnlib.check(" in cell.source:
+            assert any("✅ Correct" in t for t in text_outputs(cell)), cell.source
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_student_copy_has_no_solution_but_keeps_the_checks(path):
+    nb = read(path)
+    solution_lines = []
+    for cell in code_cells(nb):
+        if BEGIN in cell.source:
+            inside = cell.source.split(BEGIN, 1)[1].split(END, 1)[0]
+            solution_lines += [line.strip() for line in inside.splitlines() if line.strip()]
+    student = strip_solutions(read(path))
+    student_code = "\n".join(c.source for c in code_cells(student))
+    for line in solution_lines:
+        assert line not in student_code
+    assert "{solution" not in "\n".join(c.source for c in student.cells)
+    assert student_code.count("attnlib.check(") == "\n".join(
+        c.source for c in code_cells(nb)).count("attnlib.check(")
+    assert all(not c.outputs for c in code_cells(student))
+    to_python = TransformerManager().transform_cell  # turns %magics into Python calls
+    for cell in code_cells(student):
+        compile(to_python(cell.source), path.name, "exec")  # the stubs leave valid Python
+
+
+def test_student_stub_in_a_function_raises_and_a_value_stub_is_a_comment():
+    from tools.notebooks import _replace_solution
+
+    function = f"def f(x):\n    {BEGIN}\n    return x\n    {END}\n"
+    assert _replace_solution(function) == (
+        "def f(x):\n    # YOUR CODE HERE\n    raise NotImplementedError()")
+    value = f"answer = {{}}\n{BEGIN}\nanswer = {{'Q': 1}}\n{END}"
+    assert _replace_solution(value) == "answer = {}\n# YOUR CODE HERE"
+    with pytest.raises(ValueError, match="never ends"):
+        _replace_solution(f"{BEGIN}\nx = 1")
+
+
+def test_strict_nbval_fails_when_a_stored_output_drifts(tmp_path):
+    """Guards the test command itself: a changed stored output must fail strict nbval."""
+    nb = read(NOTEBOOKS[0])
+    cell = next(c for c in code_cells(nb)
+                if any(o.output_type == "stream" for o in c.outputs))
+    stream = next(o for o in cell.outputs if o.output_type == "stream")
+    nbformat.write(nb, tmp_path / "same.ipynb")
+    stream.text = stream.text.replace(stream.text.strip()[0], "#", 1)
+    nbformat.write(nb, tmp_path / "drifted.ipynb")
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval",
+               "--nbval-current-env", "--nbval-sanitize-with",
+               str(ROOT / "tests" / "nbval_sanitize.cfg"), "--rootdir", str(tmp_path)]
+    same = subprocess.run([*command, str(tmp_path / "same.ipynb")], cwd=ROOT / "chapters",
+                          capture_output=True, text=True)
+    drifted = subprocess.run([*command, str(tmp_path / "drifted.ipynb")], cwd=ROOT / "chapters",
+                             capture_output=True, text=True)
+    assert same.returncode == 0, same.stdout[-2000:]
+    assert drifted.returncode != 0 and "1 failed" in drifted.stdout, drifted.stdout[-2000:]
+
+
+def test_pytest_does_not_collect_build_copies():
+    config = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'norecursedirs = \[.*"_build"', config)
+    collected = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "--nbval", "-p",
+         "no:cacheprovider", str(ROOT)], cwd=ROOT, capture_output=True, text=True).stdout
+    paths = [line.split("::")[0] for line in collected.splitlines()]
+    assert not [p for p in paths if p.startswith(("_build", ".venv", "student"))]
+    assert Path("chapters", NOTEBOOKS[0].name).as_posix() in collected
