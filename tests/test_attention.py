@@ -1,0 +1,193 @@
+import math
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attnlib.attention import attention_scores, scaled_dot_product_attention, softmax
+
+TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
+
+
+def random_case(seed, dtype):
+    """Random shapes: leading dims that broadcast, L != S, d_v != d_k, and a mask kind."""
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    lead = rng.choice([(), (2,), (2, 3), (1, 4)])
+    lead_k = tuple(1 if rng.random() < 0.3 else d for d in lead)  # k, v broadcast over q's
+    n_q, n_k, d_k, d_v = (rng.randint(1, 9) for _ in range(4))
+    q = torch.randn(*lead, n_q, d_k, generator=gen, dtype=dtype)
+    k = torch.randn(*lead_k, n_k, d_k, generator=gen, dtype=dtype)
+    v = torch.randn(*lead_k, n_k, d_v, generator=gen, dtype=dtype)
+    kind = rng.choice(["none", "bool", "float", "causal", "bool-broadcast"])
+    mask, causal = None, kind == "causal"
+    if kind in ("bool", "bool-broadcast"):
+        shape = (*lead, n_q, n_k) if kind == "bool" else (1, n_k)
+        mask = torch.rand(shape, generator=gen) < 0.7
+        mask[..., 0] = True  # every query sees a key: PyTorch's math differs on empty rows
+    elif kind == "float":
+        mask = torch.randn(n_q, n_k, generator=gen, dtype=dtype)
+    return q, k, v, mask, causal
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", range(40))
+def test_matches_pytorch_sdpa(seed, dtype):
+    q, k, v, mask, causal = random_case(seed, dtype)
+    scale = None if seed % 3 else 0.3
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                              scale=scale)
+    got = scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
+
+
+def reference_weights(q, k, mask=None, causal=False, scale=None):
+    """softmax(QK^T * scale + mask) in float64, the textbook way."""
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = q.double() @ k.double().mT * scale
+    if causal:
+        mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, -math.inf) if mask.dtype == torch.bool else scores + mask
+    return torch.softmax(scores, dim=-1)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_returned_weights_are_the_softmax_of_the_scores(seed):
+    q, k, v, mask, causal = random_case(seed, torch.float64)
+    out, weights = scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                                return_weights=True)
+    expected = reference_weights(q, k, mask, causal)
+    torch.testing.assert_close(weights, expected.expand_as(weights), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1], dtype=torch.float64))
+    torch.testing.assert_close(out, weights @ v)
+
+
+def test_causal_top_left_alignment_when_lengths_differ():
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(3, 4, generator=gen), torch.randn(5, 4, generator=gen), torch.randn(
+        5, 2, generator=gen)
+    _, weights = scaled_dot_product_attention(q, k, v, is_causal=True, return_weights=True)
+    # query i sees keys 0..i, counted from the first key, as PyTorch's is_causal does
+    assert (weights > 0).tolist() == [[True, False, False, False, False],
+                                      [True, True, False, False, False],
+                                      [True, True, True, False, False]]
+    expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(scaled_dot_product_attention(q, k, v, is_causal=True), expected)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_gradients_match_pytorch(causal):
+    gen = torch.Generator().manual_seed(3)
+    shapes = [(2, 3, 6, 8), (2, 3, 7, 8), (2, 3, 7, 5)]
+    tensors = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    mask = None if causal else torch.randn(6, 7, generator=gen, dtype=torch.float64)
+    ours = [t.clone().requires_grad_() for t in tensors]
+    theirs = [t.clone().requires_grad_() for t in tensors]
+    grad_out = torch.randn(2, 3, 6, 5, generator=gen, dtype=torch.float64)
+    scaled_dot_product_attention(*ours, attn_mask=mask, is_causal=causal).backward(grad_out)
+    F.scaled_dot_product_attention(*theirs, attn_mask=mask, is_causal=causal).backward(grad_out)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-10)
+
+
+def test_gradcheck_through_a_partly_masked_row():
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(4, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+               for _ in range(3))
+    mask = torch.tensor([[1, 0, 1, 0], [1, 1, 1, 1], [0, 0, 0, 1], [1, 1, 0, 0]], dtype=torch.bool)
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: scaled_dot_product_attention(q, k, v, attn_mask=mask), (q, k, v))
+
+
+def test_softmax_is_stable_for_huge_logits_and_matches_torch():
+    x = torch.tensor([[1e4, 1e4 - 1.0, -1e4], [1000.0, 0.0, -1000.0]], dtype=torch.float32)
+    got = softmax(x)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, torch.softmax(x.double(), -1).float())
+    naive = torch.exp(x) / torch.exp(x).sum(-1, keepdim=True)
+    assert torch.isnan(naive).any()  # what the max subtraction prevents
+
+
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_softmax_along_any_dim_matches_torch(dim):
+    x = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    torch.testing.assert_close(softmax(x, dim), torch.softmax(x, dim), rtol=1e-14, atol=1e-14)
+
+
+def test_softmax_of_an_all_minus_infinity_row_is_zero_with_zero_gradient():
+    x = torch.tensor([[0.0, -math.inf], [-math.inf, -math.inf]], requires_grad=True)
+    y = softmax(x)
+    assert y.tolist() == [[1.0, 0.0], [0.0, 0.0]]
+    assert torch.isnan(torch.softmax(x.detach(), -1)[1]).all()  # torch's own gives NaN
+    y.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_a_query_that_sees_no_key_gets_zero_output_not_nan():
+    gen = torch.Generator().manual_seed(6)
+    q, k, v = torch.randn(3, 4, generator=gen), torch.randn(3, 4, generator=gen), torch.randn(
+        3, 2, generator=gen)
+    mask = torch.tensor([[True, True, False], [False, False, False], [True, False, True]])
+    out, weights = scaled_dot_product_attention(q, k, v, attn_mask=mask, return_weights=True)
+    assert out[1].tolist() == [0.0, 0.0] and weights[1].tolist() == [0.0, 0.0, 0.0]
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+
+
+def test_empty_sequences():
+    q, k, v = torch.randn(2, 4), torch.randn(0, 4), torch.randn(0, 3)
+    assert scaled_dot_product_attention(q, k, v).tolist() == [[0.0] * 3] * 2
+    assert scaled_dot_product_attention(torch.randn(0, 4), torch.randn(2, 4),
+                                        torch.randn(2, 3)).shape == (0, 3)
+
+
+def test_nan_input_propagates():
+    q = torch.tensor([[float("nan"), 0.0]])
+    assert torch.isnan(scaled_dot_product_attention(q, torch.ones(2, 2), torch.ones(2, 2))).all()
+
+
+def test_scores_default_scale_is_one_over_sqrt_dk():
+    gen = torch.Generator().manual_seed(7)
+    q, k = torch.randn(3, 16, generator=gen), torch.randn(5, 16, generator=gen)
+    torch.testing.assert_close(attention_scores(q, k), torch.einsum("id,jd->ij", q, k) / 4)
+    torch.testing.assert_close(attention_scores(q, k, scale=1.0), torch.einsum("id,jd->ij", q, k))
+
+
+def test_bool_and_additive_masks_agree():
+    gen = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(2, 4, 3, generator=gen) for _ in range(3))
+    mask = torch.rand(2, 4, 4, generator=gen) < 0.6
+    mask[..., 0] = True
+    additive = torch.zeros(2, 4, 4).masked_fill(~mask, -math.inf)
+    torch.testing.assert_close(scaled_dot_product_attention(q, k, v, attn_mask=mask),
+                               scaled_dot_product_attention(q, k, v, attn_mask=additive))
+
+
+Z = torch.zeros
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "words"),
+    [
+        ((Z(4, 8), Z(5, 6), Z(5, 6)), {}, ValueError, ["d_k", "(4, 8)", "(5, 6)"]),
+        ((Z(4, 8), Z(5, 8), Z(6, 3)), {}, ValueError, ["k and v", "(5, 8)", "(6, 3)"]),
+        ((Z(4, 8), Z(5, 8), Z(5, 3)), {"attn_mask": Z(3, 5, dtype=torch.bool)}, ValueError,
+         ["attn_mask of shape (3, 5)", "(4, 5)"]),
+        ((Z(4, 8, dtype=torch.int64), Z(5, 8), Z(5, 3)), {}, TypeError, ["q", "torch.int64"]),
+        ((Z(4, 8), Z(5, 8), Z(5, 3, dtype=torch.float64)), {}, TypeError, ["dtype", "float64"]),
+        ((Z(4, 8), Z(5, 8), Z(5, 3)), {"attn_mask": Z(4, 5, dtype=torch.int32)}, TypeError,
+         ["attn_mask", "torch.int32"]),
+        ((Z(2, 4, 8), Z(3, 5, 8), Z(3, 5, 3)), {}, ValueError, ["broadcast", "q (2, 4, 8)"]),
+        ((Z(8), Z(5, 8), Z(5, 3)), {}, ValueError, ["q", "at least 2"]),
+        ((Z(4, 8), Z(5, 8), Z(5, 3)), {"is_causal": True, "attn_mask": Z(4, 5)}, ValueError,
+         ["not both"]),
+        ((Z(4, 8), Z(5, 8), Z(5, 3)), {"scale": "0.5"}, TypeError, ["scale", "str"]),
+    ],
+)
+def test_bad_input_names_the_argument_and_shapes(args, kwargs, error, words):
+    with pytest.raises(error) as info:
+        scaled_dot_product_attention(*args, **kwargs)
+    for word in words:
+        assert word in str(info.value)
