@@ -11,6 +11,20 @@ import sys
 
 import torch
 
+from attnlib._checks import require_positive_int
+
+
+def attention_flops(n, d, heads=1, batch=1, causal=False):
+    """Forward FLOPs of attention: 4 * batch * heads * n^2 * d, half that with a causal mask.
+
+    Two matrix products of n x n x d multiply-adds each (Q K^T and A V), 2 FLOPs per
+    multiply-add; the softmax's O(n^2) is left out, as is usual.
+    """
+    for name, value in (("n", n), ("d", d), ("heads", heads), ("batch", batch)):
+        require_positive_int(name, value)
+    flops = 4 * batch * heads * n * n * d
+    return flops // 2 if causal else flops
+
 
 @contextlib.contextmanager
 def quiet_native_stderr():

@@ -36,3 +36,18 @@ def test_peak_memory_rejects_bad_arguments():
         peak_memory(3)
     with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda', got 'meta'"):
         peak_memory(lambda: None, device="meta")
+
+
+def test_attention_flops_counts_the_two_matrix_products():
+    n, d = 6, 4
+    # count multiply-adds by brute force: Q K^T has n*n dot products of length d, A V too
+    multiply_adds = sum(1 for _ in range(n) for _ in range(n) for _ in range(d)) * 2
+    from attnlib.cost import attention_flops
+
+    assert attention_flops(n, d) == 2 * multiply_adds
+    assert attention_flops(n, d, heads=8, batch=3) == 24 * attention_flops(n, d)
+    assert attention_flops(n, d, causal=True) == attention_flops(n, d) // 2
+    with pytest.raises(ValueError, match="n must be >= 1, got -5"):
+        attention_flops(-5, 4)
+    with pytest.raises(TypeError, match="d must be an int, got float"):
+        attention_flops(5, 4.0)
