@@ -145,3 +145,49 @@ def scaled_dot_product_attention(
     weights = softmax(scores, dim=-1)
     output = weights @ v
     return (output, weights) if return_weights else output
+
+
+# --- why divide by sqrt(d_k): the experiments of chapter 2 --------------------------------
+
+
+def row_entropy(weights):
+    """Entropy of each row of attention weights, in nats: -sum_j A_ij log A_ij (0 log 0 = 0).
+
+    weights: (..., L, S) -> (..., L).  ln S for a uniform row, 0 for a one-hot row.
+    """
+    require_tensor("weights", weights, min_dim=1)
+    logs = torch.log(torch.where(weights > 0, weights, torch.ones_like(weights)))
+    return -(weights * logs).sum(dim=-1)
+
+
+def dot_product_variance(d_k, samples=20_000, seed=0):
+    """Sample variance of q . k for q, k with independent N(0, 1) entries (theory: d_k)."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(samples, d_k, generator=gen, dtype=torch.float64)
+    k = torch.randn(samples, d_k, generator=gen, dtype=torch.float64)
+    return (q * k).sum(dim=-1).var().item()
+
+
+def random_attention_stats(d_k, n=16, scaled=True, temperature=1.0, batch=64, seed=0):
+    """How sharp random attention is, and how much gradient flows back into the scores.
+
+    For `batch` sequences of n queries and keys with N(0, 1) entries of width d_k:
+    S = Q K^T (divided by sqrt(d_k) if `scaled`), A = softmax(S / temperature), and the
+    loss L = sum(A * G) with G ~ N(0, 1), differentiated by autograd.  Returns a dict:
+    "entropy" and "max_weight", means over rows of A; "grad_norm", the median over rows of
+    |dL/dS_i|; "vanishing", the fraction of rows where that norm is below 1e-3.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, n, d_k, generator=gen, dtype=torch.float64)
+    k = torch.randn(batch, n, d_k, generator=gen, dtype=torch.float64)
+    g = torch.randn(batch, n, n, generator=gen, dtype=torch.float64)
+    scores = attention_scores(q, k, scale=None if scaled else 1.0).requires_grad_()
+    weights = softmax(scores / temperature)
+    (weights * g).sum().backward()
+    row_grad = scores.grad.norm(dim=-1)
+    return {
+        "entropy": row_entropy(weights.detach()).mean().item(),
+        "max_weight": weights.detach().amax(dim=-1).mean().item(),
+        "grad_norm": row_grad.median().item(),
+        "vanishing": (row_grad < 1e-3).double().mean().item(),
+    }

@@ -5,7 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attnlib.attention import attention_scores, scaled_dot_product_attention, softmax
+from attnlib.attention import (
+    attention_scores,
+    dot_product_variance,
+    random_attention_stats,
+    row_entropy,
+    scaled_dot_product_attention,
+    softmax,
+)
 
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
 
@@ -191,3 +198,46 @@ def test_bad_input_names_the_argument_and_shapes(args, kwargs, error, words):
         scaled_dot_product_attention(*args, **kwargs)
     for word in words:
         assert word in str(info.value)
+
+
+# --- the chapter 2 experiments ---------------------------------------------------------
+
+def test_row_entropy_matches_the_definition():
+    gen = torch.Generator().manual_seed(9)
+    weights = torch.softmax(torch.randn(5, 7, generator=gen, dtype=torch.float64), -1)
+    expected = [-sum(p * math.log(p) for p in row) for row in weights.tolist()]
+    torch.testing.assert_close(row_entropy(weights), torch.tensor(expected, dtype=torch.float64))
+    uniform_and_one_hot = torch.tensor([[0.25] * 4, [0.0, 1.0, 0.0, 0.0]])
+    torch.testing.assert_close(row_entropy(uniform_and_one_hot), torch.tensor([math.log(4), 0.0]))
+
+
+@pytest.mark.parametrize("d_k", [1, 16, 256])
+def test_dot_product_variance_is_d_k(d_k):
+    assert dot_product_variance(d_k) == pytest.approx(d_k, rel=0.05)
+
+
+def test_attention_stats_gradient_is_the_softmax_jacobian_product():
+    d_k, n, batch, seed = 32, 6, 4, 3
+    stats = random_attention_stats(d_k, n=n, scaled=False, batch=batch, seed=seed)
+    gen = torch.Generator().manual_seed(seed)  # the same draws, in the same order
+    q = torch.randn(batch, n, d_k, generator=gen, dtype=torch.float64)
+    k = torch.randn(batch, n, d_k, generator=gen, dtype=torch.float64)
+    g = torch.randn(batch, n, n, generator=gen, dtype=torch.float64)
+    a = torch.softmax(q @ k.mT, -1)
+    # dL/ds = (diag(a) - a a^T) g for each row: the softmax Jacobian, written out
+    jacobian = torch.diag_embed(a) - a.unsqueeze(-1) * a.unsqueeze(-2)
+    grad = (jacobian @ g.unsqueeze(-1)).squeeze(-1)
+    assert stats["grad_norm"] == pytest.approx(grad.norm(dim=-1).median().item(), rel=1e-9)
+    assert stats["entropy"] == pytest.approx(row_entropy(a).mean().item(), rel=1e-9)
+    assert stats["max_weight"] == pytest.approx(a.amax(-1).mean().item(), rel=1e-9)
+
+
+def test_scaling_keeps_attention_soft_and_gradients_alive():
+    small, large = (random_attention_stats(d) for d in (4, 1024))
+    small_raw, large_raw = (random_attention_stats(d, scaled=False) for d in (4, 1024))
+    assert abs(small["entropy"] - large["entropy"]) < 0.1  # scaled: unchanged with d_k
+    assert large_raw["entropy"] < 0.2 * small_raw["entropy"]  # unscaled: collapses
+    assert large_raw["grad_norm"] < 1e-3 * large["grad_norm"]
+    assert large_raw["vanishing"] > 0.5 and large["vanishing"] == 0.0
+    hot = random_attention_stats(64, temperature=1e6)
+    assert hot["entropy"] == pytest.approx(math.log(16), rel=1e-4)  # T -> inf: uniform
