@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: book test notebooks student lint clean
+COLAB := .venv-colab
+
+.PHONY: book test colab-compat notebooks student clean
 
 # The virtual environment, rebuilt when requirements.txt or pyproject.toml change.
 $(STAMP): requirements.txt pyproject.toml
@@ -17,12 +19,26 @@ $(STAMP): requirements.txt pyproject.toml
 book: $(STAMP)
 	$(BIN)/jupyter-book build --all -W -n --keep-going .
 
-## test: library tests, strict nbval over every chapter, the book build
+## test: library tests, strict nbval over every chapter, the book build, Colab versions
 test: $(STAMP)
 	$(BIN)/python -m pytest tests chapters --nbval --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=300
 	$(BIN)/ruff check attnlib tests tools
 	$(MAKE) book
+	$(MAKE) colab-compat
+
+## colab-compat: attnlib installs over Colab's versions without upgrading any, and works there
+colab-compat: $(COLAB)/.installed
+	$(COLAB)/bin/python -m pip install --quiet -e .
+	$(COLAB)/bin/python -m pip freeze | grep -qx "ipywidgets==7.7.1" \
+		|| { echo "installing attnlib changed Colab's ipywidgets"; exit 1; }
+	$(COLAB)/bin/python -m pytest tests -q -W "ignore::DeprecationWarning" \
+		--ignore tests/test_notebooks.py
+
+$(COLAB)/.installed: requirements-colab.txt
+	test -x $(COLAB)/bin/python || $(PYTHON) -m venv $(COLAB)
+	$(COLAB)/bin/python -m pip install --quiet -r requirements-colab.txt
+	touch $@
 
 ## notebooks: re-execute every chapter in place, so stored outputs match the library
 notebooks: $(STAMP)
@@ -33,4 +49,4 @@ student: $(STAMP)
 	$(BIN)/python tools/notebooks.py student --out student
 
 clean:
-	rm -rf _build student
+	rm -rf _build student $(COLAB)
