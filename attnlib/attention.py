@@ -174,8 +174,8 @@ def random_attention_stats(d_k, n=16, scaled=True, temperature=1.0, batch=64, se
     For `batch` sequences of n queries and keys with N(0, 1) entries of width d_k:
     S = Q K^T (divided by sqrt(d_k) if `scaled`), A = softmax(S / temperature), and the
     loss L = sum(A * G) with G ~ N(0, 1), differentiated by autograd.  Returns a dict:
-    "entropy" and "max_weight", means over rows of A; "grad_norm", the median over rows of
-    |dL/dS_i|; "vanishing", the fraction of rows where that norm is below 1e-3.
+    "entropy", the mean over rows of A; "grad_norm", the median over rows of |dL/dS_i|;
+    "vanishing", the fraction of rows where that norm is below 1e-3.
     """
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(batch, n, d_k, generator=gen, dtype=torch.float64)
@@ -187,7 +187,6 @@ def random_attention_stats(d_k, n=16, scaled=True, temperature=1.0, batch=64, se
     row_grad = scores.grad.norm(dim=-1)
     return {
         "entropy": row_entropy(weights.detach()).mean().item(),
-        "max_weight": weights.detach().amax(dim=-1).mean().item(),
         "grad_norm": row_grad.median().item(),
         "vanishing": (row_grad < 1e-3).double().mean().item(),
     }

@@ -41,6 +41,7 @@ def attention_heatmap(
     ax=None,
     title=None,
     colorbar_label="attention weight",
+    colorbar=True,
     annotate=None,
     fmt=".2f",
     cmap="viridis",
@@ -79,7 +80,8 @@ def attention_heatmap(
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
-    ax.figure.colorbar(image, ax=ax, label=colorbar_label)
+    if colorbar:
+        ax.figure.colorbar(image, ax=ax, label=colorbar_label)
     if annotate is None:
         annotate = max(m.shape) <= ANNOTATE_UP_TO
     if annotate:

@@ -12,4 +12,4 @@ def assert_rejects(name, answer, phrase):
     verdict = attnlib.check(name, answer)
     assert not verdict, f"{name} accepted a wrong answer"
     assert phrase in verdict.message, verdict.message
-    assert verdict.message.endswith(".") and "\n" not in verdict.message
+    assert verdict.message.endswith((".", "?")) and "\n" not in verdict.message

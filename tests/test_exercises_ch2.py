@@ -12,11 +12,10 @@ def reference_softmax(x):
     return shifted.exp() / shifted.exp().sum(dim=-1, keepdim=True)
 
 
-def reference_attention(q, k, v, mask=None):
-    scores = torch.einsum("...id,...jd->...ij", q, k) / math.sqrt(q.shape[-1])
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.einsum("...ij,...jd->...id", torch.softmax(scores, dim=-1), v)
+def reference_attention(q, k, v, scale=None, dim=-1):
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = torch.einsum("...id,...jd->...ij", q, k) * scale
+    return torch.einsum("...ij,...jd->...id", torch.softmax(scores, dim=dim), v)
 
 
 def reference_logsumexp(x):
@@ -45,28 +44,47 @@ def test_predict_std_feedback():
     assert_rejects("ch2.predict_std", 16, "answer with two numbers")
 
 
-def test_stable_softmax_feedback_names_the_overflow():
+def test_stable_softmax_feedback_names_the_overflow_and_the_dimension():
     def naive(x):
         return x.exp() / x.exp().sum(dim=-1, keepdim=True)
 
+    def whole_tensor(x):
+        exps = (x - x.max()).exp()
+        return exps / exps.sum()
+
     assert_rejects("ch2.stable_softmax", naive, "subtract the row maximum first")
-    wrong_dim = lambda x: torch.softmax(x, dim=0)  # noqa: E731  (right only for 1-D input)
-    assert_rejects("ch2.stable_softmax", wrong_dim, "softmax of a (3, 4, 5) batch")
+    assert_rejects("ch2.stable_softmax", whole_tensor, "normalise over the last dimension")
 
 
-def test_attention_feedback_spots_a_missing_scale_and_an_inverted_mask():
-    def unscaled(q, k, v, mask=None):
-        return reference_attention(q * math.sqrt(q.shape[-1]), k, v, mask)
+def test_attention_feedback_names_the_usual_mistakes():
+    def transposed_with_T(q, k, v):
+        k_t = k.permute(*range(k.dim() - 1, -1, -1))  # what k.T does: reverse every dimension
+        return torch.softmax(q @ k_t / math.sqrt(q.shape[-1]), dim=-1) @ v
 
-    def inverted(q, k, v, mask=None):
-        return reference_attention(q, k, v, None if mask is None else ~mask)
-
-    assert_rejects("ch2.attention", unscaled, "without the division by sqrt(d_k)")
-    assert_rejects("ch2.attention", lambda q, k, v, mask=None: reference_attention(q, k, v),
-                   "the output for a batch")
-    assert_rejects("ch2.attention", inverted, "True means the query MAY attend")
+    cases = [
+        (lambda q, k, v: reference_attention(q, k, v, scale=1.0), "without the division by sqrt"),
+        (lambda q, k, v: reference_attention(q, k, v, scale=1 / q.shape[-1]), "by sqrt(d_k)"),
+        (lambda q, k, v: reference_attention(q, k, v, dim=-2), "softmax over the queries"),
+        (transposed_with_T, "k.T reverses all of them"),
+        (lambda q, k, v: reference_attention(q, k, v) + 1, "the output for q, k, v of shape"),
+    ]
+    for answer, phrase in cases:
+        assert_rejects("ch2.attention", answer, phrase)
 
 
 def test_logsumexp_feedback():
-    assert_rejects("ch2.logsumexp", lambda x: x.exp().sum(-1).log(), "with m the maximum")
-    assert_rejects("ch2.logsumexp", lambda x: x.max(-1).values, "logsumexp of logits [1000, 1000]")
+    def keepdim(x):
+        return reference_logsumexp(x).unsqueeze(-1)
+
+    def without_m(x):
+        m = x.max(dim=-1, keepdim=True).values
+        return (x - m).exp().sum(-1).log()
+
+    def global_max(x):
+        m = x.max()
+        return m + (x - m).exp().sum(-1).log()
+
+    assert_rejects("ch2.logsumexp", lambda x: x.exp().sum(-1).log(), "maximum of each row")
+    assert_rejects("ch2.logsumexp", keepdim, "drop the last dimension")
+    assert_rejects("ch2.logsumexp", without_m, "did you add m back?")
+    assert_rejects("ch2.logsumexp", global_max, "maximum of each row")

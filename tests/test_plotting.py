@@ -61,3 +61,9 @@ def test_figure_png_renders_and_closes():
     png = figure_png(fig)
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     assert not plt.fignum_exists(fig.number)
+
+
+def test_heatmap_can_leave_out_the_colour_bar():
+    ax = attention_heatmap(np.ones((2, 2)), colorbar=False)
+    assert ax.figure.axes == [ax]
+    plt.close(ax.figure)

@@ -76,7 +76,11 @@ def check_project_qkv(my_qkv):
     cases.append(("a batch x of shape (2, 3, 5, 8), d_k = 4, d_v = 6", x_batch,
                   projections.random_projections(8, 4, 6, seed=1)))
     for description, x_case, weights in cases:
-        got = call(my_qkv, x_case, *weights, called_with=description)
+        try:
+            got = call(my_qkv, x_case, *weights, called_with=description)
+        except Wrong as wrong:
+            hint = " Use @, which handles leading batch dimensions." if x_case.dim() > 2 else ""
+            raise Wrong(f"{wrong}{hint}") from None
         if not isinstance(got, (tuple, list)) or len(got) != 3:
             raise Wrong(f"return three tensors (Q, K, V), got {type(got).__name__}.")
         for what, g, e in zip("QKV", got, projections.qkv(x_case, *weights), strict=True):

@@ -4,7 +4,6 @@ import math
 
 import torch
 
-from attnlib import attention
 from attnlib.exercises import Wrong, call, exercise, same_tensor
 
 #: The width of the prediction exercise.
@@ -38,7 +37,7 @@ def _softmax_cases():
         ("logits [1000, 999, -1000]", torch.tensor([1000.0, 999.0, -1000.0])),
         ("logits [-1000, -1001]", torch.tensor([-1000.0, -1001.0])),
         ("a (3, 4, 5) batch of random logits", torch.randn(3, 4, 5, generator=gen)),
-        ("logits of 1e4 in float32", torch.tensor([[1e4, 0.0], [0.0, -1e4]])),
+        ("logits [[1e4, 0], [0, -1e4]] in float32", torch.tensor([[1e4, 0.0], [0.0, -1e4]])),
     ]
 
 
@@ -46,9 +45,15 @@ def _softmax_cases():
 def check_stable_softmax(my_softmax):
     for description, x in _softmax_cases():
         got = call(my_softmax, x.clone(), called_with=description)
-        if isinstance(got, torch.Tensor) and not torch.isfinite(got).all():
-            raise Wrong(f"your softmax returned {got.tolist()} for {description}: exp overflows "
-                        "(or underflows to 0/0); subtract the row maximum first.")
+        if isinstance(got, torch.Tensor) and got.shape == x.shape:
+            if not torch.isfinite(got).all():
+                raise Wrong(f"your softmax returned {got.tolist()} for {description}: exp "
+                            "overflows (or underflows to 0/0); subtract the row maximum first.")
+            sums = got.double().sum(dim=-1)
+            if not torch.allclose(sums, torch.ones_like(sums), atol=1e-5):
+                raise Wrong(f"for {description} the rows of your output sum to "
+                            f"{sums.flatten()[0].item():.3g}, not 1: normalise over the last "
+                            "dimension, with sum(dim=-1, keepdim=True).")
         same_tensor(got, torch.softmax(x.double(), dim=-1).to(x.dtype), f"softmax of {description}")
     return "subtracting the maximum keeps every exponent <= 0, so nothing overflows."
 
@@ -59,31 +64,40 @@ def _attention_cases():
     def randn(*shape):
         return torch.randn(*shape, generator=gen)
 
-    mask = torch.rand(2, 5, 7, generator=gen) < 0.6
-    mask[..., 0] = True
     return [
-        ("q, k, v of shape (4, 8), (6, 8), (6, 3)", randn(4, 8), randn(6, 8), randn(6, 3), None),
-        ("a batch: q (2, 5, 16), k (2, 7, 16), v (2, 7, 4), and a boolean mask (2, 5, 7)",
-         randn(2, 5, 16), randn(2, 7, 16), randn(2, 7, 4), mask),
+        ("q, k, v of shape (4, 8), (6, 8), (6, 3)", randn(4, 8), randn(6, 8), randn(6, 3)),
+        ("a batch: q (2, 5, 16), k (2, 7, 16), v (2, 7, 4)",
+         randn(2, 5, 16), randn(2, 7, 16), randn(2, 7, 4)),
     ]
+
+
+def _softmax_over(dim, q, k, v, scale):
+    return torch.softmax(q @ k.mT * scale, dim=dim) @ v
 
 
 @exercise("ch2.attention")
 def check_attention(my_attention):
-    for description, q, k, v, mask in _attention_cases():
-        got = call(my_attention, q, k, v, mask, called_with=description)
-        expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    for description, q, k, v in _attention_cases():
+        try:
+            got = call(my_attention, q, k, v, called_with=description)
+        except Wrong as wrong:
+            hint = (" For batches, transpose the last two dimensions with k.transpose(-2, -1) "
+                    "or k.mT; k.T reverses all of them." if q.dim() > 2 else "")
+            raise Wrong(f"{wrong}{hint}") from None
+        expected = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        d_k = q.shape[-1]
         if isinstance(got, torch.Tensor) and got.shape == expected.shape:
-            unscaled = attention.scaled_dot_product_attention(q, k, v, mask, scale=1.0)
-            if torch.allclose(got, unscaled, atol=1e-5) and not torch.allclose(got, expected):
-                raise Wrong(f"for {description} your output equals attention without the "
-                            "division by sqrt(d_k): scale the scores by 1/sqrt(d_k).")
-            if mask is not None:
-                inverted = attention.scaled_dot_product_attention(q, k, v, ~mask)
-                rows = (~mask).any(dim=-1)  # rows that still see a key once inverted
-                if torch.allclose(got[rows], inverted[rows], atol=1e-5):
-                    raise Wrong("your output attends where the mask is False: in PyTorch's "
-                                "convention True means the query MAY attend.")
+            mistakes = [
+                (_softmax_over(-1, q, k, v, 1.0), "equals attention without the division by "
+                 "sqrt(d_k): scale the scores by 1/sqrt(d_k)"),
+                (_softmax_over(-1, q, k, v, 1 / d_k), "divides the scores by d_k: divide by "
+                 "sqrt(d_k) instead"),
+                (_softmax_over(-2, q, k, v, d_k**-0.5), "takes the softmax over the queries: "
+                 "each query's weights over the keys must sum to 1, so use dim=-1"),
+            ]
+            for wrong_output, what in mistakes:
+                if torch.allclose(got, wrong_output, atol=1e-5):
+                    raise Wrong(f"for {description} your output {what}.")
         same_tensor(got, expected, f"the output for {description}")
     return "your function agrees with torch.nn.functional.scaled_dot_product_attention."
 
@@ -98,10 +112,19 @@ def check_logsumexp(my_logsumexp):
     ]
     for description, x in cases:
         got = call(my_logsumexp, x.clone(), called_with=description)
-        if isinstance(got, torch.Tensor) and not torch.isfinite(got).all():
-            raise Wrong(f"your logsumexp returned {got.tolist()} for {description}: "
-                        "use log(sum(exp(x))) = m + log(sum(exp(x - m))) with m the maximum.")
-        same_tensor(got, torch.logsumexp(x.double(), dim=-1).to(x.dtype),
-                    f"logsumexp of {description}", atol=1e-4)
+        expected = torch.logsumexp(x.double(), dim=-1).to(x.dtype)
+        if isinstance(got, torch.Tensor):
+            if not torch.isfinite(got).all():
+                raise Wrong(f"your logsumexp returned {got.tolist()} for {description}: use "
+                            "m + log(sum(exp(x - m))) with m the maximum of each row.")
+            if got.shape == (*expected.shape, 1):
+                raise Wrong(f"for {description} your result has shape {tuple(got.shape)}: drop "
+                            "the last dimension (keepdim=False, or squeeze(-1)), one number "
+                            "per row.")
+            row_max = x.amax(dim=-1)
+            if got.shape == expected.shape and torch.allclose(got, expected - row_max, atol=1e-3):
+                raise Wrong(f"for {description} your result is short of the right one by the row "
+                            "maximum: did you add m back?")
+        same_tensor(got, expected, f"logsumexp of {description}", atol=1e-4)
     return ("m + log(sum(exp(x - m))) never overflows; chapter 6 keeps exactly this number "
             "per row to recompute attention without storing it.")
