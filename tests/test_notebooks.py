@@ -103,6 +103,16 @@ def test_chapter_shape_objectives_summary_and_checked_exercises(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_headings_hold_no_maths(path):
+    """The website's navigation and page contents show headings as plain text, where
+    MathJax does not run: use Unicode (√dₖ, QKᵀ) in headings, $...$ in the text."""
+    for cell in read(path).cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                assert not (line.startswith("#") and "$" in line), line
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_student_copy_has_no_solution_but_keeps_the_checks(path):
     nb = read(path)
     solution_lines = []
