@@ -65,3 +65,5 @@ def test_verdict_reads_as_one_line():
     verdict = Verdict("ch0.demo", True, "well done.")
     assert repr(verdict) == "✅ Correct (ch0.demo): well done." and verdict
     assert repr(Verdict("ch0.demo", False, "not this.")).startswith("❌ Not yet")
+    shown = Verdict("ch0.demo", False, "x < y & z.")._repr_html_()
+    assert "Not yet" in shown and "x &lt; y &amp; z." in shown

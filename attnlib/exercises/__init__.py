@@ -8,6 +8,7 @@ came back.  Whatever the learner's code does, `check` returns a `Verdict`; it ne
 lets a traceback reach the learner.
 """
 
+import html
 import importlib
 import pkgutil
 from dataclasses import dataclass
@@ -34,6 +35,13 @@ class Verdict:
 
     def __repr__(self):
         return f"{'✅ Correct' if self.passed else '❌ Not yet'} ({self.name}): {self.message}"
+
+    def _repr_html_(self):
+        passed = ("✅", "Correct", "#1a7f37")
+        mark, word, colour = passed if self.passed else ("❌", "Not yet", "#b42318")
+        return (f'<p style="border-left: 4px solid {colour}; padding: 0.3em 0.8em; '
+                f'white-space: normal">{mark} <strong style="color: {colour}">{word}</strong> '
+                f"({html.escape(self.name)}): {html.escape(self.message)}</p>")
 
 
 def exercise(name):
