@@ -99,7 +99,7 @@ def validate_qkv(q, k, v):
 
 def additive_mask(attn_mask, q, n_keys, batch_shape):
     """The mask as a float tensor to add to the scores (0 or -inf for a boolean mask),
-    after checking that it broadcasts to the scores' shape (*batch, L, S)."""
+    after checking that it broadcasts to the scores' shape (..., L, S)."""
     if not isinstance(attn_mask, torch.Tensor):
         raise TypeError(f"attn_mask must be a torch.Tensor or None, got {type(attn_mask).__name__}")
     if attn_mask.dtype != torch.bool and attn_mask.dtype != q.dtype:
@@ -174,7 +174,7 @@ def random_attention_stats(d_k, n=16, scaled=True, temperature=1.0, batch=64, se
     For `batch` sequences of n queries and keys with N(0, 1) entries of width d_k:
     S = Q K^T (divided by sqrt(d_k) if `scaled`), A = softmax(S / temperature), and the
     loss L = sum(A * G) with G ~ N(0, 1), differentiated by autograd.  Returns a dict:
-    "entropy", the mean over rows of A; "grad_norm", the median over rows of |dL/dS_i|;
+    "entropy", the mean over rows of A; "grad_norm", the median over rows of the norm of dL/dS_i;
     "vanishing", the fraction of rows where that norm is below 1e-3.
     """
     gen = torch.Generator().manual_seed(seed)

@@ -110,7 +110,7 @@ def hand_built_projections(dtype=torch.float32):
 def random_projections(d_model, d_k, d_v=None, seed=0, dtype=torch.float32):
     """Random W_Q, W_K (d_model x d_k) and W_V (d_model x d_v, default d_k).
 
-    Entries are N(0, 1/d_model), the usual initialisation, drawn from a generator seeded
+    Entries are N(0, 1/d_model), a common initialisation, drawn from a generator seeded
     with `seed` so that the same seed gives the same matrices on every machine.
     """
     for name, value in (("d_model", d_model), ("d_k", d_k), ("seed", seed)):

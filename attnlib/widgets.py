@@ -96,7 +96,7 @@ class Explorer:
 def explore(render, **controls):
     """Show `render(**values)` for the controls' current values, and redraw on change.
 
-    render(**values) returns a matplotlib Figure, a str, or (Figure, str).  When a
+    `render(**values)` returns a matplotlib Figure, a str, or (Figure, str).  When a
     change makes render raise ValueError or TypeError, the text says why and the last
     good figure stays.
     """
