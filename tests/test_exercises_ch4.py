@@ -3,14 +3,19 @@ import math
 import pytest
 import torch
 
-from attnlib.exercises.ch4 import PARAMS_SETTING
+from attnlib.exercises.ch4 import TARGETS_SENTENCE, TARGETS_TOKEN
+from attnlib.projections import VOCABULARY
 from tests.exercise_cases import assert_accepts, assert_rejects
 
 
-def reference_param_count(d_model, num_heads):
-    d_head = d_model // num_heads
-    per_head = 3 * (d_model * d_head + d_head)  # W_Q, W_K, W_V slices and their biases
-    return num_heads * per_head + d_model * d_model + d_model  # plus W_O and its bias
+def reference_head_targets(sentence, token):
+    """From the rules of the hand-built heads, not from running them: the word just before
+    `token`, and the word of the sentence with the most water or money."""
+    tokens = sentence.split()
+    previous = tokens[tokens.index(token) - 1]
+    amount = {t: VOCABULARY[t].get("water", 0.0) + VOCABULARY[t].get("money", 0.0)
+              for t in tokens}
+    return {"previous token": previous, "topic": max(amount, key=amount.get)}
 
 
 def reference_split_heads(x, num_heads):
@@ -29,7 +34,7 @@ def reference_grouped_query(q, k, v):
 
 
 REFERENCES = {
-    "ch4.param_count": reference_param_count(**PARAMS_SETTING),
+    "ch4.head_targets": reference_head_targets(TARGETS_SENTENCE, TARGETS_TOKEN),
     "ch4.split_heads": reference_split_heads,
     "ch4.grouped_query": reference_grouped_query,
 }
@@ -40,12 +45,16 @@ def test_reference_answers_pass(name):
     assert_accepts(name, REFERENCES[name])
 
 
-def test_param_count_feedback():
-    right = REFERENCES["ch4.param_count"]
-    assert_rejects("ch4.param_count", 4 * 512 * 512, "counts the weights but not the biases")
-    assert_rejects("ch4.param_count", 8 * right,
-                   "the module has 1,050,624 parameters, not 8,404,992")
-    assert_rejects("ch4.param_count", float(right), "whole number")
+def test_head_targets_feedback():
+    right = REFERENCES["ch4.head_targets"]
+    assert right == {"previous token": "the", "topic": "cash"}
+    assert_accepts("ch4.head_targets", {"previous token": " The", "topic": "CASH "})
+    assert_rejects("ch4.head_targets", dict(right, topic="deposited"),
+                   "the topic head does not pick 'deposited' for 'bank'")
+    assert_rejects("ch4.head_targets", dict(right, **{"previous token": "cash"}),
+                   "turned back by one step")
+    assert_rejects("ch4.head_targets", dict(right, topic="river"), "should be one word of")
+    assert_rejects("ch4.head_targets", {"topic": "cash"}, "missing 'previous token'")
 
 
 def test_split_heads_feedback_spots_the_reshape_without_transpose():

@@ -2,30 +2,42 @@
 
 import torch
 
+from attnlib import multihead
 from attnlib.attention import scaled_dot_product_attention
 from attnlib.exercises import Wrong, call, exercise, same_tensor
-from attnlib.multihead import MultiHeadAttention, split_heads
+from attnlib.multihead import split_heads
 
-#: The module of the prediction exercise: MultiHeadAttention(d_model, num_heads).
-PARAMS_SETTING = {"d_model": 512, "num_heads": 8}
+#: The sentence of the prediction exercise, and the token whose row is asked about.
+TARGETS_SENTENCE = "she deposited cash at the bank"
+TARGETS_TOKEN = "bank"
 
 
-@exercise("ch4.param_count")
-def check_param_count(answer):
-    d = PARAMS_SETTING["d_model"]
-    mha = MultiHeadAttention(**PARAMS_SETTING, device="meta")
-    expected = sum(p.numel() for p in mha.parameters())
-    if isinstance(answer, bool) or not isinstance(answer, int):
-        raise Wrong(f"answer with a whole number of parameters, got {type(answer).__name__}.")
-    if answer == expected - 4 * d:
-        raise Wrong(f"{answer:,} counts the weights but not the biases: both projections have "
-                    f"one ({3 * d} + {d} numbers).")
-    if answer != expected:
-        raise Wrong(f"the module has {expected:,} parameters, not {answer:,}: W_QKV is "
-                    f"{d} x {3 * d} and W_O {d} x {d}, plus their biases, and the heads only cut "
-                    f"these matrices into slices.")
-    return (f"4 d_model^2 + 4 d_model = {expected:,}, the same for 1, 8 or 64 heads: heads "
-            f"split the width, they do not add weights.")
+@exercise("ch4.head_targets")
+def check_head_targets(answer):
+    tokens, x = multihead.embed_with_positions(TARGETS_SENTENCE)
+    with torch.no_grad():
+        _, weights = multihead.hand_built_heads()(x, return_weights=True)
+    row = tokens.index(TARGETS_TOKEN)
+    expected = {name: tokens[int(weights[h, row].argmax())]
+                for h, name in enumerate(multihead.HEAD_NAMES)}
+    if not isinstance(answer, dict):
+        raise Wrong(f"answer with a dict such as {{'previous token': 'word', 'topic': 'word'}}, "
+                    f"got {type(answer).__name__}.")
+    missing = [name for name in expected if name not in answer]
+    if missing:
+        raise Wrong(f"the dict needs the keys {', '.join(map(repr, expected))}; missing "
+                    f"{', '.join(map(repr, missing))}.")
+    for name, word in expected.items():
+        got = answer[name]
+        if not isinstance(got, str) or got.strip().lower() not in tokens:
+            raise Wrong(f"{name!r} should be one word of {TARGETS_SENTENCE!r}, got {got!r}.")
+        if got.strip().lower() != word:
+            hint = {"previous token": "its query is bank's position turned back by one step",
+                    "topic": "its key is how much water or money a word carries, and the "
+                             "largest amount wins"}[name]
+            raise Wrong(f"the {name} head does not pick {got!r} for {TARGETS_TOKEN!r}: {hint}.")
+    return (f"one head finds {expected['previous token']!r} right before bank, the other "
+            f"{expected['topic']!r}, the word with the most money: two places at once.")
 
 
 @exercise("ch4.split_heads")
