@@ -19,7 +19,8 @@ Both are the familiar lower triangle when n_q == n_k.
 
 Policy for a query that sees no key (a row of the mask that is all False): its weights
 and its output are zero, never NaN; `attnlib.attention` documents it and every attention
-function of the library follows it.
+function of the library follows it.  Sizes may be 0 (an empty sequence gives an empty
+mask).
 """
 
 import math
@@ -29,10 +30,18 @@ import torch
 from attnlib._checks import require_positive_int
 
 
+def _require_size(name, value):
+    """A sequence length: an int >= 0 (bools are refused)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
 def _check_sizes(n_q, n_k):
-    require_positive_int("n_q", n_q)
+    _require_size("n_q", n_q)
     n_k = n_q if n_k is None else n_k
-    require_positive_int("n_k", n_k)
+    _require_size("n_k", n_k)
     return n_k
 
 
@@ -68,7 +77,7 @@ def sliding_window_mask(n, window, device=None):
     mask[i, j] = (i - window < j <= i), local attention as in Mistral or Gemma: each
     query sees at most `window` keys, so the cost grows as n * window instead of n^2.
     """
-    require_positive_int("n", n)
+    _require_size("n", n)
     require_positive_int("window", window)
     full = torch.ones(n, n, dtype=torch.bool, device=device)
     return full.tril() & full.triu(diagonal=1 - window)
@@ -81,7 +90,7 @@ def padding_mask(lengths, n, device=None):
     singleton dimensions broadcast over heads and queries: every query of sequence b
     may attend to its real keys and to no padding key.
     """
-    require_positive_int("n", n)
+    _require_size("n", n)
     if isinstance(lengths, torch.Tensor):
         if lengths.dim() != 1 or lengths.is_floating_point() or lengths.dtype == torch.bool:
             raise TypeError(f"lengths must be a 1-D integer tensor or a list of ints, got a "

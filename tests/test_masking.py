@@ -87,8 +87,8 @@ def test_kv_cache_mask_refuses_more_queries_than_keys():
 
 @pytest.mark.parametrize("make", [causal_mask, kv_cache_causal_mask])
 def test_causal_masks_reject_bad_sizes(make):
-    with pytest.raises(ValueError, match="n_q must be >= 1, got 0"):
-        make(0, 3)
+    with pytest.raises(ValueError, match="n_q must be >= 0, got -1"):
+        make(-1, 3)
     with pytest.raises(TypeError, match="n_k must be an int, got float"):
         make(2, 3.0)
 
@@ -100,6 +100,13 @@ def test_sliding_window_sees_the_last_window_positions(n, window):
     assert sliding_window_mask(n, window).sum(-1).max() == min(n, window)
     if window >= n:
         assert torch.equal(sliding_window_mask(n, window), causal_mask(n))
+
+
+def test_an_empty_sequence_gives_empty_masks():
+    assert causal_mask(0).shape == (0, 0) and kv_cache_causal_mask(0, 4).shape == (0, 4)
+    assert sliding_window_mask(0, 3).shape == (0, 0)
+    assert padding_mask([0, 0], 0).shape == (2, 1, 1, 0)
+    assert causal_mask(3, 0).shape == (3, 0)  # queries with no key: the zero-output policy
 
 
 def test_sliding_window_rejects_bad_arguments():

@@ -159,6 +159,14 @@ def test_any_leading_dimensions_and_an_unbatched_input():
         torch.testing.assert_close(mha(x[1, 2]), out[1, 2])
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_an_empty_sequence_gives_an_empty_output(fused):
+    mha = MultiHeadAttention(8, 2, causal=True, fused=fused)
+    with torch.no_grad():
+        assert mha(torch.zeros(3, 0, 8)).shape == (3, 0, 8)
+        assert mha(torch.zeros(3, 0, 8), attn_mask=padding_mask([0, 0, 0], 0)).shape == (3, 0, 8)
+
+
 @pytest.mark.parametrize("num_heads", [1, 2, 4, 8])
 def test_parameter_count_does_not_depend_on_the_number_of_heads(num_heads):
     d = 64
