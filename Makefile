@@ -30,8 +30,8 @@ test: $(STAMP)
 ## colab-compat: attnlib installs over Colab's versions without upgrading any, and works there
 colab-compat: $(COLAB)/.installed
 	$(COLAB)/bin/python -m pip install --quiet -e .
-	$(COLAB)/bin/python -m pip freeze | grep -qx "ipywidgets==7.7.1" \
-		|| { echo "installing attnlib changed Colab's ipywidgets"; exit 1; }
+	$(COLAB)/bin/python -c "import ipywidgets as w; assert w.__version__ == '7.7.1', \
+		f'installing attnlib changed Colab ipywidgets 7.7.1 into {w.__version__}'"
 	$(COLAB)/bin/python -m pytest tests -q -W "ignore::DeprecationWarning" \
 		--ignore tests/test_notebooks.py
 

@@ -1,0 +1,101 @@
+import math
+
+import pytest
+import torch
+
+from attnlib.exercises.ch3 import VISIBLE_SETTING
+from tests.exercise_cases import assert_accepts, assert_rejects
+
+
+def reference_visible_pairs(N, window):
+    causal = sum(1 for i in range(N) for j in range(N) if j <= i)
+    sliding = sum(1 for i in range(N) for j in range(N) if i - window < j <= i)
+    return {"causal": causal, "sliding_window": sliding}
+
+
+def reference_causal_attention(q, k, v):
+    n = q.shape[-2]
+    future = torch.arange(n)[None, :] > torch.arange(n)[:, None]
+    scores = torch.einsum("...id,...jd->...ij", q, k) / math.sqrt(q.shape[-1])
+    return torch.softmax(scores.masked_fill(future, -math.inf), dim=-1) @ v
+
+
+def reference_decode_step(x_new, cache_k, cache_v, w_q, w_k, w_v):
+    cache_k = torch.cat([cache_k, x_new @ w_k])
+    cache_v = torch.cat([cache_v, x_new @ w_v])
+    n_new, n = x_new.shape[0], cache_k.shape[0]
+    rows = []
+    for i in range(n_new):  # new token i sits at position n - n_new + i and sees keys up to it
+        seen = n - n_new + i + 1
+        q = x_new[i] @ w_q
+        weights = torch.softmax(cache_k[:seen] @ q / math.sqrt(q.shape[0]), dim=0)
+        rows.append(weights @ cache_v[:seen])
+    return torch.stack(rows), cache_k, cache_v
+
+
+REFERENCES = {
+    "ch3.visible_pairs": reference_visible_pairs(**VISIBLE_SETTING),
+    "ch3.causal_attention": reference_causal_attention,
+    "ch3.decode_step": reference_decode_step,
+}
+
+
+@pytest.mark.parametrize("name", REFERENCES)
+def test_reference_answers_pass(name):
+    assert_accepts(name, REFERENCES[name])
+
+
+def test_visible_pairs_feedback():
+    right = REFERENCES["ch3.visible_pairs"]
+    assert_rejects("ch3.visible_pairs", dict(right, causal=50),
+                   "causal allows 55 pairs, not 50: query i sees keys 0..i")
+    assert_rejects("ch3.visible_pairs", dict(right, sliding_window=30),
+                   "sliding_window allows 27 pairs, not 30: query i sees min(i + 1, 3) keys")
+    assert_rejects("ch3.visible_pairs", {"causal": 55}, "missing sliding_window")
+    assert_rejects("ch3.visible_pairs", dict(right, causal=55.0), "whole number")
+
+
+def test_causal_attention_feedback_names_the_usual_mistakes():
+    def after_softmax(q, k, v):
+        n = q.shape[-2]
+        weights = torch.softmax(q @ k.mT / math.sqrt(q.shape[-1]), dim=-1)
+        return (weights * torch.ones(n, n).tril()) @ v
+
+    def upper(q, k, v):
+        n = q.shape[-2]
+        sees = torch.ones(n, n, dtype=torch.bool).triu()
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=sees)
+
+    def unscaled(q, k, v):
+        return reference_causal_attention(q * math.sqrt(q.shape[-1]), k, v)
+
+    def unbatched(q, k, v):
+        return reference_causal_attention(q, k, v).reshape(-1, v.shape[-1])
+
+    assert_rejects("ch3.causal_attention", after_softmax, "AFTER the softmax")
+    assert_rejects("ch3.causal_attention", upper, "see the future and not the past")
+    assert_rejects("ch3.causal_attention", unscaled, "divide the scores by sqrt(d_k)")
+    assert_rejects("ch3.causal_attention", unbatched,
+                   "should have shape (2, 3, 6, 4), but yours has shape (36, 4)")
+
+
+def test_decode_step_feedback_names_the_alignment_mistake():
+    def top_left(x_new, cache_k, cache_v, w_q, w_k, w_v):
+        k, v = torch.cat([cache_k, x_new @ w_k]), torch.cat([cache_v, x_new @ w_v])
+        out = torch.nn.functional.scaled_dot_product_attention(x_new @ w_q, k, v, is_causal=True)
+        return out, k, v
+
+    def unmasked(x_new, cache_k, cache_v, w_q, w_k, w_v):
+        k, v = torch.cat([cache_k, x_new @ w_k]), torch.cat([cache_v, x_new @ w_v])
+        return torch.nn.functional.scaled_dot_product_attention(x_new @ w_q, k, v), k, v
+
+    def cache_not_updated(x_new, cache_k, cache_v, w_q, w_k, w_v):
+        out, _, _ = reference_decode_step(x_new, cache_k, cache_v, w_q, w_k, w_v)
+        return out, cache_k, cache_v
+
+    assert_rejects("ch3.decode_step", top_left, "as if they were the FIRST positions")
+    assert_rejects("ch3.decode_step", unmasked, "see each other's future")
+    assert_rejects("ch3.decode_step", cache_not_updated,
+                   "the updated cache_k for 4 cached tokens and x_new of shape (1, 6), d_k = 4, "
+                   "d_v = 5 should have shape (5, 4), but yours has shape (4, 4)")
+    assert_rejects("ch3.decode_step", lambda *a: a[0], "return three tensors")

@@ -1,0 +1,83 @@
+import math
+
+import pytest
+import torch
+
+from attnlib.exercises.ch4 import TARGETS_SENTENCE, TARGETS_TOKEN
+from attnlib.projections import VOCABULARY
+from tests.exercise_cases import assert_accepts, assert_rejects
+
+
+def reference_head_targets(sentence, token):
+    """From the rules of the hand-built heads, not from running them: the word just before
+    `token`, and the word of the sentence with the most water or money."""
+    tokens = sentence.split()
+    previous = tokens[tokens.index(token) - 1]
+    amount = {t: VOCABULARY[t].get("water", 0.0) + VOCABULARY[t].get("money", 0.0)
+              for t in tokens}
+    return {"previous token": previous, "topic": max(amount, key=amount.get)}
+
+
+def reference_split_heads(x, num_heads):
+    d_head = x.shape[-1] // num_heads
+    return torch.stack([x[..., j * d_head:(j + 1) * d_head] for j in range(num_heads)], dim=-3)
+
+
+def reference_grouped_query(q, k, v):
+    group_size = q.shape[-3] // k.shape[-3]
+    heads = []
+    for i in range(q.shape[-3]):
+        k_i, v_i = k[:, i // group_size], v[:, i // group_size]
+        weights = torch.softmax(q[:, i] @ k_i.mT / math.sqrt(q.shape[-1]), dim=-1)
+        heads.append(weights @ v_i)
+    return torch.stack(heads, dim=1)
+
+
+REFERENCES = {
+    "ch4.head_targets": reference_head_targets(TARGETS_SENTENCE, TARGETS_TOKEN),
+    "ch4.split_heads": reference_split_heads,
+    "ch4.grouped_query": reference_grouped_query,
+}
+
+
+@pytest.mark.parametrize("name", REFERENCES)
+def test_reference_answers_pass(name):
+    assert_accepts(name, REFERENCES[name])
+
+
+def test_head_targets_feedback():
+    right = REFERENCES["ch4.head_targets"]
+    assert right == {"previous token": "the", "topic": "cash"}
+    assert_accepts("ch4.head_targets", {"previous token": " The", "topic": "CASH "})
+    assert_rejects("ch4.head_targets", dict(right, topic="deposited"),
+                   "the topic head does not pick 'deposited' for 'bank'")
+    assert_rejects("ch4.head_targets", dict(right, **{"previous token": "cash"}),
+                   "turned back by one step")
+    assert_rejects("ch4.head_targets", dict(right, topic="river"), "should be one word of")
+    assert_rejects("ch4.head_targets", {"topic": "cash"}, "missing 'previous token'")
+
+
+def test_split_heads_feedback_spots_the_reshape_without_transpose():
+    def plain_reshape(x, num_heads):
+        b, n, d = x.shape
+        return x.reshape(b, num_heads, n, d // num_heads)
+
+    def no_heads_dim(x, num_heads):
+        return x
+
+    assert_rejects("ch4.split_heads", plain_reshape, "a plain reshape to (B, h, N, d_head)")
+    assert_rejects("ch4.split_heads", no_heads_dim,
+                   "should have shape (2, 3, 5, 4), but yours has shape (2, 5, 12)")
+
+
+def test_grouped_query_feedback_spots_tiling():
+    def tiled(q, k, v):
+        times = q.shape[1] // k.shape[1]
+        return torch.nn.functional.scaled_dot_product_attention(
+            q, k.repeat(1, times, 1, 1), v.repeat(1, times, 1, 1))
+
+    def first_group_only(q, k, v):
+        return torch.nn.functional.scaled_dot_product_attention(q, k[:, :1], v[:, :1])
+
+    assert_rejects("ch4.grouped_query", tiled, "query head i must use key/value head i // 2")
+    assert_rejects("ch4.grouped_query", first_group_only, "not the right values")
