@@ -87,7 +87,6 @@ def test_every_figure_has_alt_text(path):
 def test_chapter_shape_objectives_summary_and_checked_exercises(path):
     nb = read(path)
     markdown = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
-    code = [c.source for c in code_cells(nb)]
     assert "**After this chapter you can**" in markdown
     assert markdown.index("## Summary") < markdown.index("## Exercises")
     exercises = re.findall(r"\{exercise\}.*\n:label: (\S+)", markdown)
@@ -95,8 +94,11 @@ def test_chapter_shape_objectives_summary_and_checked_exercises(path):
     for label in exercises:
         solution = r"\{solution-start\} " + re.escape(label) + r"\n:class: dropdown"
         assert re.search(solution, markdown)
-    assert sum(BEGIN in src and END in src for src in code) == len(exercises)
-    checks = [src for src in code if "attnlib.check(" in src]
+    solutions = [c for c in code_cells(nb) if BEGIN in c.source and END in c.source]
+    assert len(solutions) == len(exercises)
+    assert sorted(c.metadata["nbgrader"]["grade_id"] for c in solutions) == sorted(exercises)
+    assert all(c.metadata["nbgrader"]["solution"] for c in solutions)
+    checks = [c for c in code_cells(nb) if "attnlib.check(" in c.source]
     assert len(checks) == len(exercises)
     for cell in code_cells(nb):
         if "attnlib.check(" in cell.source:

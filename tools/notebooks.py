@@ -54,10 +54,25 @@ def write_setup_cell(nb):
         nb.cells.insert(0, cell)
 
 
+def mark_solution_cells(nb):
+    """Give each solution cell nbgrader's metadata, so that nbgrader's "generate
+    assignment" clears it as our student build does."""
+    label = None
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and "{solution-start}" in cell.source:
+            label = cell.source.split("{solution-start}", 1)[1].split()[0]
+        elif cell.cell_type == "code" and BEGIN in cell.source:
+            cell.metadata["nbgrader"] = {
+                "grade": False, "grade_id": label, "locked": False, "schema_version": 3,
+                "solution": True, "task": False,
+            }
+
+
 def execute(path, timeout=300):
     """Re-execute one notebook in place; return the seconds it took."""
     nb = nbformat.read(path, as_version=4)
     write_setup_cell(nb)
+    mark_solution_cells(nb)
     start = time.perf_counter()
     client = NotebookClient(
         nb, timeout=timeout, kernel_name="python3", store_widget_state=True,
@@ -86,6 +101,7 @@ def strip_solutions(nb):
             if BEGIN in source:
                 source = _replace_solution(source)
             cell.source, cell.outputs, cell.execution_count = source, [], None
+            cell.metadata.pop("nbgrader", None)
         elif inside_dropdown:
             continue
         cells.append(cell)
