@@ -29,7 +29,7 @@ from typing import NamedTuple
 import torch
 
 from attnlib._checks import require_positive_int, require_tensor
-from attnlib.attention import _check_scale, validate_qkv
+from attnlib.attention import _broadcast_batch, _check_scale, validate_qkv
 
 #: Default block sizes, chosen by measurement on a 2-core CPU (float32, 8 heads, d = 64):
 #: 256 x 256 was among the fastest for full attention and the fastest with a causal mask
@@ -48,7 +48,7 @@ def _finite(m):
 
 
 def _nonzero(ell):
-    """l with its zeros replaced by ones: the divisor for 0 / 0 = 0 (no key, zero output)."""
+    """ell with its zeros replaced by ones: the divisor for 0 / 0 = 0 (no key, zero output)."""
     return torch.where(ell == 0, torch.ones_like(ell), ell)
 
 
@@ -65,9 +65,9 @@ def safe_softmax(x):
     require_tensor("x", x)
     if x.shape[-1] == 0:
         return x.clone()
-    m = x.amax(dim=-1, keepdim=True)                            # pass 1: the maximum
-    ell = torch.exp(x - _finite(m)).sum(dim=-1, keepdim=True)     # pass 2: the normaliser
-    return torch.exp(x - _finite(m)) / _nonzero(ell)              # pass 3: the weights
+    m = x.amax(dim=-1, keepdim=True)                           # pass 1: the maximum
+    ell = torch.exp(x - _finite(m)).sum(dim=-1, keepdim=True)  # pass 2: the normaliser
+    return torch.exp(x - _finite(m)) / _nonzero(ell)           # pass 3: the weights
 
 
 def online_update(m, ell, x):
@@ -86,8 +86,8 @@ def online_softmax(x):
     """Softmax along the last dimension in two passes: the maximum and the normaliser
     together in one pass (`online_update`), then the weights.
 
-        m_j = max(m_{j-1}, x_j),   l_j = l_{j-1} exp(m_{j-1} - m_j) + exp(x_j - m_j),
-        a_j = exp(x_j - m_n) / l_n
+        m_j = max(m_{j-1}, x_j),   ell_j = ell_{j-1} exp(m_{j-1} - m_j) + exp(x_j - m_j),
+        a_j = exp(x_j - m_n) / ell_n
     """
     require_tensor("x", x)
     m = torch.full(x.shape[:-1], -math.inf, dtype=x.dtype, device=x.device)
@@ -95,7 +95,7 @@ def online_softmax(x):
     for j in range(x.shape[-1]):                                # pass 1: max and sum
         m, ell = online_update(m, ell, x[..., j])
     m, ell = m.unsqueeze(-1), ell.unsqueeze(-1)
-    return torch.exp(x - _finite(m)) / _nonzero(ell)              # pass 2: the weights
+    return torch.exp(x - _finite(m)) / _nonzero(ell)            # pass 2: the weights
 
 
 def online_attention(scores, v):
@@ -103,8 +103,8 @@ def online_attention(scores, v):
 
     scores: (..., L, S), v: (..., S, d_v)  ->  (..., L, d_v).  With c = exp(m_{j-1} - m_j):
 
-        m_j = max(m_{j-1}, s_j),   l_j = c l_{j-1} + exp(s_j - m_j),
-        o_j = c o_{j-1} + exp(s_j - m_j) v_j,   output o_n / l_n
+        m_j = max(m_{j-1}, s_j),   ell_j = c ell_{j-1} + exp(s_j - m_j),
+        o_j = c o_{j-1} + exp(s_j - m_j) v_j,   output o_n / ell_n
     """
     require_tensor("scores", scores, min_dim=2)
     require_tensor("v", v, min_dim=2)
@@ -112,10 +112,10 @@ def online_attention(scores, v):
         raise ValueError(f"scores has {scores.shape[-1]} keys (last dimension) but v has "
                          f"{v.shape[-2]} (second-to-last), shapes {tuple(scores.shape)} and "
                          f"{tuple(v.shape)}")
+    batch_shape = _broadcast_batch(("scores", scores), ("v", v))
     m = torch.full((*scores.shape[:-1], 1), -math.inf, dtype=scores.dtype, device=scores.device)
     ell = torch.zeros_like(m)
-    o = torch.zeros(torch.broadcast_shapes(scores.shape[:-1], v.shape[:-2] + (1,))
-                    + v.shape[-1:], dtype=v.dtype, device=v.device)
+    o = torch.zeros(*batch_shape, scores.shape[-2], v.shape[-1], dtype=v.dtype, device=v.device)
     for j in range(scores.shape[-1]):                           # the only pass
         s_j, v_j = scores[..., j:j + 1], v[..., j:j + 1, :]
         m_new = torch.maximum(m, s_j)

@@ -60,3 +60,13 @@ def test_the_command_runs_end_to_end_and_writes_a_record(tmp_path, capsys):
 def test_unknown_implementation_is_refused():
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--implementations", "magic"])
+
+
+def test_block_sweep_lists_each_block_size_with_and_without_mask(capsys):
+    record = benchmark.main(["--sweep-blocks", "--n", "16", "32", "--heads", "1", "--d", "4",
+                             "--min-run-time", "0.001", "--quiet"])
+    sizes = {(r["block_q"], r["block_k"]) for r in record["sweep"]}
+    assert (256, 256) in sizes and {r["n"] for r in record["sweep"]} == {32}
+    rows = capsys.readouterr().out.split("Tiled forward time by block size")[1].splitlines()
+    assert rows[1].split() == ["block_q", "block_k", "full", "causal"]
+    assert len(rows) == 2 + len(sizes) and all(len(row.split()) == 4 for row in rows[2:])

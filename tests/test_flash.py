@@ -230,6 +230,8 @@ def test_online_attention_is_softmax_times_values_with_broadcasting():
     torch.testing.assert_close(online_attention(scores, v), torch.softmax(scores, -1) @ v)
     with pytest.raises(ValueError, match=r"scores has 7 keys .* v has 6"):
         online_attention(scores, torch.zeros(6, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"must broadcast, got scores \(2, 3, 4, 7\)"):
+        online_attention(scores, torch.zeros(4, 7, 5, dtype=torch.float64))
 
 
 def test_block_steps_over_two_halves_equal_one_step_over_all_keys():
