@@ -255,7 +255,7 @@ class FlashAttentionFunction(torch.autograd.Function):
         return (*grads, None, None, None, None)
 
 
-def flash_attention(q, k, v, is_causal=False, scale=None, block_q=BLOCK_Q, block_k=BLOCK_K,
+def flash_attention(q, k, v, is_causal=False, scale=None, *, block_q=BLOCK_Q, block_k=BLOCK_K,
                     return_lse=False):
     """softmax(Q K^T * scale) V computed tile by tile, with memory linear in L and S.
 
