@@ -1,0 +1,288 @@
+"""Benchmark attention implementations: forward time, GFLOP/s and peak memory.
+
+    python -m attnlib.benchmark                      # CPU, float32, batch 1, 8 heads, d = 64
+    python -m attnlib.benchmark --n 512 1024 --memory-n 512 1024 --min-run-time 0.2
+    python -m attnlib.benchmark --sweep-blocks       # time the tiled forward per block size
+    python -m attnlib.benchmark --json results.json  # also write the figures as a record
+
+Every figure comes from one run on one machine, so ratios between implementations are
+meaningful even on a busy machine where absolute times are not.  Times are medians of
+`torch.utils.benchmark` (with the interquartile range as a measure of noise); GFLOP/s
+use `attnlib.cost.attention_flops` (4 B h N^2 d, half with a causal mask) and are shown
+next to the device's measured matrix-multiply throughput; memory is the peak that torch
+allocates during one forward (`attnlib.cost.peak_memory`), inputs excluded.
+"""
+
+import argparse
+import datetime
+import functools
+import json
+import platform
+import sys
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils import benchmark as torch_benchmark
+
+from attnlib import attention, cost, flash
+from attnlib.device import describe_device
+
+#: The implementations compared, by name: f(q, k, v, is_causal=...) -> output.
+IMPLEMENTATIONS = {
+    "naive": attention.scaled_dot_product_attention,
+    "tiled": flash.flash_attention,
+    "pytorch": F.scaled_dot_product_attention,
+}
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+          "bfloat16": torch.bfloat16}
+
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What every measurement of one run shares."""
+
+    device: str = "cpu"
+    dtype: str = "float32"
+    batch: int = 1
+    heads: int = 8
+    d: int = 64
+    threads: int = 0  # 0: torch's current number of threads
+
+    def inputs(self, n, seed=0):
+        """q, k, v of shape (batch, heads, n, d), standard normal."""
+        gen = torch.Generator().manual_seed(seed)
+        shape = (self.batch, self.heads, n, self.d)
+        return tuple(torch.randn(shape, generator=gen).to(self.device, DTYPES[self.dtype])
+                     for _ in range(3))
+
+    def num_threads(self):
+        return self.threads or torch.get_num_threads()
+
+
+def time_call(stmt, setting, min_run_time, **names):
+    """A torch.utils.benchmark Measurement of `stmt` (median, iqr in seconds)."""
+    timer = torch_benchmark.Timer(stmt, globals=names, num_threads=setting.num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time)
+
+
+def matmul_gflops(setting, size=2048, min_run_time=1.0):
+    """Measured throughput of one size x size x size matrix product, in GFLOP/s."""
+    a, b = (torch.randn(size, size).to(setting.device, DTYPES[setting.dtype]) for _ in range(2))
+    measurement = time_call("torch.mm(a, b)", setting, min_run_time, torch=torch, a=a, b=b)
+    return 2 * size**3 / measurement.median / 1e9
+
+
+def time_forward(ns, setting, implementations, causal=(False, True), min_run_time=1.0,
+                 progress=None):
+    """Forward time of each implementation at each N: a list of records (dicts)."""
+    records = []
+    for n in ns:
+        q, k, v = setting.inputs(n)
+        for is_causal in causal:
+            flops = cost.attention_flops(n, setting.d, setting.heads, setting.batch, is_causal)
+            for name, fn in implementations.items():
+                m = time_call("fn(q, k, v, is_causal=is_causal)", setting, min_run_time,
+                              fn=fn, q=q, k=k, v=v, is_causal=is_causal)
+                records.append({"n": n, "causal": is_causal, "implementation": name,
+                                "median_s": m.median, "iqr_s": m.iqr,
+                                "gflops": flops / m.median / 1e9})
+                if progress:
+                    progress(f"timed {name} N={n} causal={is_causal}: {m.median * 1e3:.1f} ms")
+    return records
+
+
+def measure_memory(ns, setting, implementations, progress=None):
+    """Peak bytes allocated during one forward, per implementation and N: records."""
+    records = []
+    for n in ns:
+        q, k, v = setting.inputs(n)
+        for name, fn in implementations.items():
+            try:
+                peak = cost.peak_memory(functools.partial(fn, q, k, v), setting.device)
+            except torch.OutOfMemoryError:
+                peak = None
+            records.append({"n": n, "implementation": name, "peak_bytes": peak})
+            if progress:
+                shown = "out of memory" if peak is None else f"{peak / MIB:.1f} MiB"
+                progress(f"memory {name} N={n}: {shown}")
+    return records
+
+
+def sweep_blocks(n, setting, sizes, causal=(False, True), min_run_time=1.0, progress=None):
+    """Tiled forward time at N for each (block_q, block_k) in `sizes`: records."""
+    q, k, v = setting.inputs(n)
+    records = []
+    for block_q, block_k in sizes:
+        fn = functools.partial(flash.flash_attention, block_q=block_q, block_k=block_k)
+        for is_causal in causal:
+            m = time_call("fn(q, k, v, is_causal=is_causal)", setting, min_run_time,
+                          fn=fn, q=q, k=k, v=v, is_causal=is_causal)
+            records.append({"n": n, "block_q": block_q, "block_k": block_k,
+                            "causal": is_causal, "median_s": m.median, "iqr_s": m.iqr})
+            if progress:
+                progress(f"tiled {block_q} x {block_k} causal={is_causal}: "
+                         f"{m.median * 1e3:.1f} ms")
+    return records
+
+
+# --- reports -----------------------------------------------------------------------------
+
+
+def _find(records, **where):
+    return next((r for r in records if all(r[k] == v for k, v in where.items())), None)
+
+
+def format_times(records, matmul):
+    """Table of forward times: ms (noise), GFLOP/s (share of matmul), and ratios."""
+    names = list(dict.fromkeys(r["implementation"] for r in records))
+    lines = ["Forward time: median ms (± half the interquartile range, %), "
+             f"GFLOP/s (% of matmul's {matmul:.0f})",
+             f"{'N':>6} {'causal':>6}" + "".join(f" {name:>23}" for name in names)
+             + "   tiled vs naive   tiled vs pytorch"]
+    for n, causal in dict.fromkeys((r["n"], r["causal"]) for r in records):
+        cells = []
+        for name in names:
+            r = _find(records, n=n, causal=causal, implementation=name)
+            noise = 50 * r["iqr_s"] / r["median_s"]
+            cells.append(f" {r['median_s'] * 1e3:8.1f} ±{noise:2.0f}% "
+                         f"{r['gflops']:5.1f} ({100 * r['gflops'] / matmul:3.0f}%)")
+        line = f"{n:>6} {'yes' if causal else 'no':>6}" + "".join(cells)
+        line += "   " + _ratio(records, n, causal, "naive") + "   " + _ratio(
+            records, n, causal, "pytorch")
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _ratio(records, n, causal, other):
+    """'3.1x faster' or '1.4x slower': the tiled forward against another one."""
+    tiled = _find(records, n=n, causal=causal, implementation="tiled")
+    that = _find(records, n=n, causal=causal, implementation=other)
+    if tiled is None or that is None:
+        return f"{'-':>14}"
+    ratio = that["median_s"] / tiled["median_s"]
+    text = f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
+    return f"{text:>14}"
+
+
+def format_memory(records):
+    """Table of peak memory in MiB, naive / tiled, and the tiled version's growth."""
+    names = list(dict.fromkeys(r["implementation"] for r in records))
+    lines = ["Peak extra memory during one forward (MiB, torch's allocations, inputs excluded)",
+             f"{'N':>6}" + "".join(f" {name:>10}" for name in names)
+             + "   naive / tiled   tiled growth since previous N"]
+    previous = None
+    for n in dict.fromkeys(r["n"] for r in records):
+        row = {name: _find(records, n=n, implementation=name)["peak_bytes"] for name in names}
+        cells = "".join(f" {'OOM':>10}" if b is None else f" {b / MIB:10.1f}"
+                        for b in row.values())
+        naive, tiled = row.get("naive"), row.get("tiled")
+        ratio = f"{naive / tiled:13.0f}x" if naive and tiled else f"{'-':>14}"
+        growth = "-"
+        if previous is not None and tiled:
+            growth = f"x{tiled / previous[1]:.2f} for N x{n / previous[0]:.2f}"
+        lines.append(f"{n:>6}{cells}  {ratio}   {growth}")
+        previous = (n, tiled) if tiled else None
+    return "\n".join(lines)
+
+
+def format_sweep(records):
+    lines = ["Tiled forward time by block size (ms, median)",
+             f"{'block_q':>8} {'block_k':>8} {'full':>9} {'causal':>9}"]
+    for bq, bk in dict.fromkeys((r["block_q"], r["block_k"]) for r in records):
+        times = [_find(records, block_q=bq, block_k=bk, causal=c) for c in (False, True)]
+        cells = "".join(f" {'-':>9}" if t is None else f" {t['median_s'] * 1e3:9.1f}"
+                        for t in times)
+        lines.append(f"{bq:>8} {bk:>8}{cells}")
+    return "\n".join(lines)
+
+
+def header(setting, block_q, block_k, matmul):
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return "\n".join([
+        f"attnlib benchmark, {now}",
+        f"device: {describe_device(setting.device)}; Python {platform.python_version()}",
+        f"setting: {setting.dtype}, batch {setting.batch}, {setting.heads} heads, "
+        f"d = {setting.d}, {setting.num_threads()} threads; tiled blocks "
+        f"{block_q} x {block_k}",
+        f"{setting.dtype} matmul throughput (2048 x 2048 x 2048): {matmul:.1f} GFLOP/s",
+    ])
+
+
+# --- the command -------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m attnlib.benchmark",
+        description="Time and measure naive, tiled (FlashAttention in PyTorch) and PyTorch's "
+                    "fused attention, in one run.")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or mps (default: cpu)")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--d", type=int, default=64, help="head width d_k = d_v")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for timing (default: torch's current number)")
+    parser.add_argument("--n", type=int, nargs="*", default=[1024, 2048, 4096],
+                        help="sequence lengths to time")
+    parser.add_argument("--memory-n", type=int, nargs="*", default=[1024, 2048, 4096, 8192],
+                        help="sequence lengths whose peak memory is measured")
+    parser.add_argument("--implementations", nargs="+", default=list(IMPLEMENTATIONS),
+                        choices=list(IMPLEMENTATIONS))
+    parser.add_argument("--block-q", type=int, default=flash.BLOCK_Q)
+    parser.add_argument("--block-k", type=int, default=flash.BLOCK_K)
+    parser.add_argument("--min-run-time", type=float, default=1.0,
+                        help="seconds of repeated calls behind each timing")
+    parser.add_argument("--sweep-blocks", action="store_true",
+                        help="only time the tiled forward at the largest --n per block size")
+    parser.add_argument("--json", metavar="PATH", help="also write all figures to PATH")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    setting = Setting(args.device, args.dtype, args.batch, args.heads, args.d, args.threads)
+
+    def progress(line):
+        if not args.quiet:
+            print(line, file=sys.stderr, flush=True)
+
+    implementations = {name: IMPLEMENTATIONS[name] for name in args.implementations}
+    if "tiled" in implementations:
+        implementations["tiled"] = functools.partial(
+            flash.flash_attention, block_q=args.block_q, block_k=args.block_k)
+    matmul = matmul_gflops(setting, min_run_time=args.min_run_time)
+    print(header(setting, args.block_q, args.block_k, matmul), flush=True)
+    record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+              "device": describe_device(setting.device), "torch": torch.__version__,
+              "python": platform.python_version(), "setting": asdict(setting),
+              "block_q": args.block_q, "block_k": args.block_k, "matmul_gflops": matmul}
+    if args.sweep_blocks:
+        sizes = [(bq, bk) for bq in (128, 256, 512, 1024) for bk in (128, 256, 512)]
+        record["sweep"] = sweep_blocks(max(args.n), setting, sizes,
+                                       min_run_time=args.min_run_time, progress=progress)
+        print("\n" + format_sweep(record["sweep"]))
+    else:
+        if args.n:
+            record["times"] = time_forward(args.n, setting, implementations,
+                                           min_run_time=args.min_run_time, progress=progress)
+            print("\n" + format_times(record["times"], matmul), flush=True)
+        if args.memory_n and torch.device(args.device).type not in ("cpu", "cuda"):
+            print(f"\nPeak memory: not measurable on {args.device} (only cpu and cuda)")
+        elif args.memory_n:
+            record["memory"] = measure_memory(args.memory_n, setting, implementations,
+                                              progress=progress)
+            print("\n" + format_memory(record["memory"]))
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(record, file, indent=1)
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,339 @@
+import math
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from attnlib.attention import scaled_dot_product_attention
+from attnlib.flash import (
+    block_schedule,
+    block_step,
+    flash_attention,
+    flash_steps,
+    largest_block_q,
+    naive_io,
+    online_attention,
+    online_softmax,
+    online_update,
+    safe_softmax,
+    tiled_io,
+)
+
+
+def random_case(seed, dtype=torch.float32):
+    """Random shapes: leading dims that broadcast, L != S, ragged last blocks, causal or not."""
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    lead = rng.choice([(), (2,), (2, 3), (1, 4)])
+    lead_k = tuple(1 if rng.random() < 0.3 else d for d in lead)
+    n_q, n_k = rng.randint(1, 70), rng.randint(1, 70)
+    d_k, d_v = rng.randint(1, 16), rng.randint(1, 16)
+    q = torch.randn(*lead, n_q, d_k, generator=gen, dtype=dtype)
+    k = torch.randn(*lead_k, n_k, d_k, generator=gen, dtype=dtype)
+    v = torch.randn(*lead_k, n_k, d_v, generator=gen, dtype=dtype)
+    options = {"is_causal": rng.random() < 0.5, "block_q": rng.randint(1, 24),
+               "block_k": rng.randint(1, 24), "scale": rng.choice([None, 0.3, 2.0])}
+    return q, k, v, options
+
+
+def masked_scores64(q, k, is_causal=False, scale=None):
+    """Q K^T * scale in float64, -inf above the diagonal (top-left) when causal."""
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = q.double() @ k.double().mT * scale
+    if is_causal:
+        visible = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()
+        scores = scores.masked_fill(~visible, -math.inf)
+    return scores
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_equals_naive_and_pytorch_in_float32(seed):
+    q, k, v, options = random_case(seed)
+    got = flash_attention(q, k, v, **options)
+    torch_options = {"is_causal": options["is_causal"], "scale": options["scale"]}
+    torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v, **torch_options),
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, scaled_dot_product_attention(q, k, v, **torch_options),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize(("n_q", "n_k"), [(600, 600), (300, 777), (513, 257)])
+def test_default_blocks_with_ragged_last_blocks(n_q, n_k, is_causal):
+    gen = torch.Generator().manual_seed(n_q + n_k)
+    q = torch.randn(1, 2, n_q, 64, generator=gen)
+    k, v = (torch.randn(1, 2, n_k, 64, generator=gen) for _ in range(2))
+    expected = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+    torch.testing.assert_close(flash_attention(q, k, v, is_causal=is_causal), expected,
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_lse_is_the_log_of_each_rows_normaliser(seed):
+    q, k, v, options = random_case(seed, torch.float64)
+    out, lse = flash_attention(q, k, v, return_lse=True, **options)
+    scores = masked_scores64(q, k, options["is_causal"], options["scale"])
+    expected = torch.logsumexp(scores, dim=-1)
+    torch.testing.assert_close(lse, expected.expand_as(lse), rtol=1e-12, atol=1e-12)
+    weights = torch.exp(scores - expected.unsqueeze(-1))  # the softmax, from lse alone
+    torch.testing.assert_close(out, (weights @ v).expand_as(out), rtol=1e-12, atol=1e-12)
+
+
+def test_huge_scores_stay_finite_and_accurate():
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 37, 8, generator=gen) for _ in range(3))
+    got = flash_attention(q * 300, k, v, block_q=8, block_k=5)  # scores of several hundred
+    assert torch.isfinite(got).all()
+    expected = F.scaled_dot_product_attention(q.double() * 300, k.double(), v.double())
+    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_no_keys_gives_zero_output_minus_infinite_lse_and_zero_gradient():
+    q = torch.randn(2, 5, 4, requires_grad=True)
+    k, v = torch.randn(2, 0, 4), torch.randn(2, 0, 3)
+    out, lse = flash_attention(q, k, v, return_lse=True)
+    assert out.tolist() == scaled_dot_product_attention(q, k, v).tolist() == [[[0.0] * 3] * 5] * 2
+    assert (lse == -math.inf).all()
+    out.sum().backward()
+    assert q.grad.tolist() == torch.zeros(2, 5, 4).tolist()
+
+
+def test_no_queries_gives_an_empty_output():
+    out, lse = flash_attention(torch.randn(3, 0, 4), torch.randn(3, 5, 4), torch.randn(3, 5, 2),
+                               is_causal=True, return_lse=True)
+    assert out.shape == (3, 0, 2) and lse.shape == (3, 0)
+
+
+def test_nan_input_propagates():
+    q = torch.tensor([[float("nan"), 0.0], [1.0, 0.0]])
+    out = flash_attention(q, torch.ones(3, 2), torch.ones(3, 2), block_q=1)
+    assert torch.isnan(out[0]).all() and torch.isfinite(out[1]).all()
+
+
+def visible(i, j):
+    return j <= i
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_causal_schedule_keeps_exactly_the_tiles_with_a_visible_pair(seed):
+    rng = random.Random(seed)
+    n_q, n_k, block_q, block_k = (rng.randint(1, 30) for _ in range(4))
+    kept = {(b.q_start, b.k_start): b.masked
+            for b in block_schedule(n_q, n_k, block_q, block_k, is_causal=True)}
+    for q_start in range(0, n_q, block_q):
+        for k_start in range(0, n_k, block_k):
+            pairs = [(i, j) for i in range(q_start, min(q_start + block_q, n_q))
+                     for j in range(k_start, min(k_start + block_k, n_k))]
+            if any(visible(i, j) for i, j in pairs):
+                assert kept.pop((q_start, k_start)) == (not all(visible(i, j) for i, j in pairs))
+    assert not kept
+    everything = block_schedule(n_q, n_k, block_q, block_k)
+    assert len(everything) == math.ceil(n_q / block_q) * math.ceil(n_k / block_k)
+    assert not any(b.masked for b in everything)
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_matrix_products_cover_only_the_visible_tiles(is_causal):
+    n, d, block = 50, 8, 8
+    q, k, v = (torch.randn(n, d) for _ in range(3))
+    with FlopCounterMode(display=False) as counter:
+        flash_attention(q, k, v, is_causal=is_causal, block_q=block, block_k=block)
+    tiles = math.ceil(n / block)
+    if is_causal:  # the tiles on and below the diagonal, counted by area
+        area = sum(min(block, n - qi * block) * min(block, n - kj * block)
+                   for qi in range(tiles) for kj in range(qi + 1))
+    else:
+        area = n * n
+    assert counter.get_total_flops() == 2 * area * (d + d)  # Q K^T and P V, 2 FLOPs per MAC
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize(("n_q", "n_k"), [(7, 7), (9, 5), (4, 11)])
+def test_gradcheck_in_float64_through_output_and_lse(n_q, n_k, is_causal):
+    gen = torch.Generator().manual_seed(n_q * n_k)
+    q = torch.randn(2, n_q, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(2, n_k, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, n_k, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+
+    def both(q, k, v):
+        return flash_attention(q, k, v, is_causal=is_causal, block_q=3, block_k=4,
+                               return_lse=True)
+
+    assert torch.autograd.gradcheck(both, (q, k, v))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_float32_gradients_match_autograd_through_naive_attention(seed):
+    q, k, v, options = random_case(seed)
+    grad_out = torch.randn(torch.broadcast_shapes(q.shape[:-1], k.shape[:-2] + (1,))
+                           + v.shape[-1:], generator=torch.Generator().manual_seed(seed))
+    flash_inputs = [t.clone().requires_grad_() for t in (q, k, v)]
+    naive_inputs = [t.clone().requires_grad_() for t in (q, k, v)]
+    flash_attention(*flash_inputs, **options).backward(grad_out)
+    scaled_dot_product_attention(*naive_inputs, is_causal=options["is_causal"],
+                                 scale=options["scale"]).backward(grad_out)
+    for ours, naive in zip(flash_inputs, naive_inputs, strict=True):
+        torch.testing.assert_close(ours.grad, naive.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_gradient_only_for_the_inputs_that_ask_for_it():
+    q = torch.randn(6, 4, requires_grad=True)
+    k, v = torch.randn(6, 4), torch.randn(6, 4)
+    flash_attention(q, k, v, block_q=4, block_k=4).sum().backward()
+    assert q.grad is not None and k.grad is None and v.grad is None
+
+
+# --- the softmax in three steps --------------------------------------------------------
+
+
+def rows_with_minus_infinity():
+    x = torch.randn(5, 9, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    x[0, :4] = -math.inf  # masked entries first: the online max starts at -inf
+    x[1, 3:] = -math.inf
+    x[2] *= 1e4  # exp(x) alone would overflow
+    return x
+
+
+@pytest.mark.parametrize("softmax", [safe_softmax, online_softmax])
+def test_softmax_steps_match_torch(softmax):
+    x = rows_with_minus_infinity()
+    torch.testing.assert_close(softmax(x), torch.softmax(x, dim=-1), rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(softmax(x.float()), torch.softmax(x.float(), dim=-1))
+
+
+@pytest.mark.parametrize("softmax", [safe_softmax, online_softmax])
+def test_softmax_steps_give_zeros_for_an_all_minus_infinity_row(softmax):
+    x = torch.tensor([[-math.inf, -math.inf], [0.0, -math.inf]])
+    assert softmax(x).tolist() == [[0.0, 0.0], [1.0, 0.0]]
+    assert softmax(torch.zeros(3, 0)).shape == (3, 0)
+
+
+def test_online_update_keeps_the_sum_relative_to_the_running_max():
+    x = rows_with_minus_infinity()
+    m, ell = torch.full((5,), -math.inf, dtype=torch.float64), torch.zeros(5, dtype=torch.float64)
+    for j in range(x.shape[1]):
+        m, ell = online_update(m, ell, x[:, j])
+        seen = x[:, : j + 1]
+        expected_m = seen.max(dim=1).values
+        safe_m = torch.where(torch.isinf(expected_m), 0.0, expected_m)
+        assert torch.equal(m, expected_m)
+        torch.testing.assert_close(ell, torch.exp(seen - safe_m[:, None]).sum(dim=1))
+
+
+def test_online_attention_is_softmax_times_values_with_broadcasting():
+    gen = torch.Generator().manual_seed(3)
+    scores = torch.randn(2, 3, 4, 7, generator=gen, dtype=torch.float64)
+    scores[0, 0, 0, :5] = -math.inf
+    v = torch.randn(3, 7, 5, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(online_attention(scores, v), torch.softmax(scores, -1) @ v)
+    with pytest.raises(ValueError, match=r"scores has 7 keys .* v has 6"):
+        online_attention(scores, torch.zeros(6, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"must broadcast, got scores \(2, 3, 4, 7\)"):
+        online_attention(scores, torch.zeros(4, 7, 5, dtype=torch.float64))
+
+
+def test_block_steps_over_two_halves_equal_one_step_over_all_keys():
+    gen = torch.Generator().manual_seed(4)
+    scores = torch.randn(2, 3, 10, generator=gen, dtype=torch.float64)
+    v = torch.randn(2, 10, 4, generator=gen, dtype=torch.float64)
+
+    def start():
+        m = torch.full((2, 3, 1), -math.inf, dtype=torch.float64)
+        return m, torch.zeros_like(m), torch.zeros(2, 3, 4, dtype=torch.float64)
+
+    m, ell, acc = block_step(*start(), scores.clone(), v)
+    expected_m = scores.amax(-1, keepdim=True)
+    assert torch.equal(m, expected_m)
+    torch.testing.assert_close(ell, torch.exp(scores - expected_m).sum(-1, keepdim=True))
+    torch.testing.assert_close(acc, torch.exp(scores - expected_m) @ v)
+    state = block_step(*start(), scores[..., :6].clone(), v[:, :6])
+    m2, ell2, acc2 = block_step(*state, scores[..., 6:].clone(), v[:, 6:])
+    assert torch.equal(m2, m)
+    torch.testing.assert_close((ell2, acc2), (ell, acc))
+    torch.testing.assert_close(acc2 / ell2, torch.softmax(scores, -1) @ v)
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_flash_steps_walk_the_schedule_and_end_at_the_attention_output(is_causal):
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(11, 4, generator=gen, dtype=torch.float64) for _ in range(3))
+    steps = list(flash_steps(q, k, v, is_causal=is_causal, block_q=4, block_k=3))
+    assert [s.block for s in steps] == block_schedule(11, 11, 4, 3, is_causal)
+    expected = scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+    torch.testing.assert_close(steps[-1].out, expected)
+    scores = masked_scores64(q, k, is_causal)
+    torch.testing.assert_close(steps[-1].m, scores.amax(-1))
+    torch.testing.assert_close(steps[-1].ell, torch.exp(scores - scores.amax(-1, True)).sum(-1))
+    for step, following in zip(steps, steps[1:], strict=False):
+        if following.block.q_start != step.block.q_start:  # a query block was just finished
+            done = slice(0, step.block.q_end)
+            torch.testing.assert_close(step.out[done], expected[done])
+            assert (step.ell[step.block.q_end:] == 0).all()
+
+
+# --- traffic to slow memory ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n", "d", "block_q", "block_k"), [(64, 8, 16, 16), (70, 4, 9, 5)])
+def test_io_counts_match_a_walk_through_the_algorithms(n, d, block_q, block_k):
+    q, k, v = (torch.zeros(n, d) for _ in range(3))
+    s = q @ k.T
+    p, o = s.softmax(-1), s @ v
+    steps = [((q, k), (s,)), ((s,), (p,)), ((p, v), (o,))]  # inputs read, result written
+    assert naive_io(n, d) == sum(t.numel() for step in steps for part in step for t in part)
+    moved = 0
+    for q_start in range(0, n, block_q):
+        rows = min(block_q, n - q_start)
+        moved += rows * d  # read the query block
+        moved += sum(2 * min(block_k, n - k_start) * d for k_start in range(0, n, block_k))
+        moved += rows * d  # write its output
+    assert tiled_io(n, d, block_q) == moved
+
+
+@pytest.mark.parametrize(("memory", "d", "block_k"),
+                         [(49152, 64, 64), (1000, 8, 16), (100, 64, 64)])
+def test_largest_block_q_is_the_largest_that_fits(memory, d, block_k):
+    def working_set(b):
+        return b * 2 * d + 2 * b + b * block_k + 2 * block_k * d
+
+    best = largest_block_q(memory, d, block_k)
+    assert working_set(best + 1) > memory
+    assert best == 0 or working_set(best) <= memory
+
+
+Z = torch.zeros
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "words"),
+    [
+        ((Z(4, 8), Z(5, 8), Z(5, 3)), {"block_q": 0}, ValueError, ["block_q", ">= 1", "0"]),
+        ((Z(4, 8), Z(5, 8), Z(5, 3)), {"block_k": 2.5}, TypeError, ["block_k", "int", "float"]),
+        ((Z(4, 8), Z(5, 6), Z(5, 6)), {}, ValueError, ["d_k", "(4, 8)", "(5, 6)"]),
+        ((Z(4, 8), Z(5, 8), Z(6, 3)), {}, ValueError, ["k and v", "(5, 8)", "(6, 3)"]),
+        ((Z(2, 4, 8), Z(3, 5, 8), Z(3, 5, 3)), {}, ValueError, ["broadcast", "q (2, 4, 8)"]),
+        ((Z(4, 8), Z(5, 8), Z(5, 3)), {"scale": "0.5"}, TypeError, ["scale", "str"]),
+        ((Z(4, 8, dtype=torch.int64), Z(5, 8), Z(5, 3)), {}, TypeError, ["q", "torch.int64"]),
+    ],
+)
+def test_bad_input_names_the_argument(args, kwargs, error, words):
+    with pytest.raises(error) as info:
+        flash_attention(*args, **kwargs)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_flash_steps_refuses_batched_input():
+    with pytest.raises(ValueError, match=r"one head: .* \(2, 4, 8\)"):
+        next(flash_steps(Z(2, 4, 8), Z(2, 5, 8), Z(2, 5, 3)))
+
+
+def test_an_explicit_mask_is_refused_by_name():
+    q = torch.zeros(2, 4)
+    with pytest.raises(ValueError, match="attn_mask must be None"):
+        flash_attention(q, q, q, torch.ones(2, 2, dtype=torch.bool))
+    # PyTorch's positional order: (q, k, v, attn_mask, is_causal, scale)
+    torch.testing.assert_close(flash_attention(q, q, q, None, True, 0.5),
+                               flash_attention(q, q, q, is_causal=True, scale=0.5))
