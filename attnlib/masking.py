@@ -74,8 +74,9 @@ def kv_cache_causal_mask(n_q, n_k, device=None):
 def sliding_window_mask(n, window, device=None):
     """Causal mask (n, n) that sees only the last `window` positions, itself included.
 
-    mask[i, j] = (i - window < j <= i), local attention as in Mistral or Gemma: each
-    query sees at most `window` keys, so the cost grows as n * window instead of n^2.
+    mask[i, j] = (i - window < j <= i), local attention as in Mistral 7B or Gemma 2: each
+    query sees at most `window` keys.  A kernel that computes only this band costs
+    n * window instead of n^2; adding this dense mask to a full n x n table saves nothing.
     """
     _require_size("n", n)
     require_positive_int("window", window)
@@ -134,9 +135,8 @@ def combine_masks(*masks):
 def to_additive(mask, dtype=torch.float32):
     """The boolean mask as numbers to add to the scores: 0 where True, -inf where False.
 
-    -inf and not a large negative number such as -1e9: -1e9 rounds to -inf in float16
-    anyway, and in float32 a row that is fully masked with -1e9 becomes a uniform
-    average over exactly the keys it must not see.
+    -inf, not a large negative number such as -1e9, which fails in float16 and in fully
+    masked rows (chapter 3).
     """
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
         got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__

@@ -1,6 +1,7 @@
 """Chapter 4: multi-head attention.
 
-    head_i = softmax(Q_i K_i^T / sqrt(d_head) + M) V_i,   MHA(X) = concat(head_1, ..., head_h) W_O
+    head_j = softmax(Q_j K_j^T / sqrt(d_head) + M) V_j,   j = 0, ..., h - 1
+    MHA(X) = concat(head_0, ..., head_{h-1}) W_O
 
 with h heads of width d_head = d_model / h.  One fused projection computes Q, K and V
 of every head at once (X W_QKV, width 3 * d_model); `split_heads` cuts each into
@@ -51,8 +52,9 @@ def merge_heads(x):
 def _fused_attention(q, k, v, mask):
     """PyTorch's fused attention with the library's policy for a query that sees no key.
 
-    PyTorch's CPU kernel returns zeros for such a query, its CUDA math kernel NaN: let the
-    query see every key (no NaN, in the forward or the backward pass), then zero it.
+    Recent PyTorch returns zeros for such a query on CPU, but does not promise it for every
+    backend and version: let the query see every key (no NaN, in the forward or the
+    backward pass), then zero it.
     """
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v)

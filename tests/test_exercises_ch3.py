@@ -52,7 +52,9 @@ def test_visible_pairs_feedback():
     assert_rejects("ch3.visible_pairs", dict(right, sliding_window=30),
                    "sliding_window allows 27 pairs, not 30: query i sees min(i + 1, 3) keys")
     assert_rejects("ch3.visible_pairs", {"causal": 55}, "missing sliding_window")
-    assert_rejects("ch3.visible_pairs", dict(right, causal=55.0), "whole number")
+    assert_rejects("ch3.visible_pairs", dict(right, causal=55.5), "whole number")
+    assert_rejects("ch3.visible_pairs", dict(right, causal="55"), "whole number")
+    assert_accepts("ch3.visible_pairs", {k: float(v) for k, v in right.items()})
 
 
 def test_causal_attention_feedback_names_the_usual_mistakes():
@@ -79,6 +81,41 @@ def test_causal_attention_feedback_names_the_usual_mistakes():
                    "should have shape (2, 3, 6, 4), but yours has shape (36, 4)")
 
 
+def learner_attention(mask="bool", diagonal=0, invert=True, dim=-1, transpose=None):
+    """A learner's causal attention, right by default, with one usual mistake switched on."""
+    def causal_attention(q, k, v):
+        n = q.shape[-2]
+        dtype = torch.bool if mask == "bool" else torch.float32
+        sees = torch.ones(n, n, dtype=dtype).tril(diagonal)
+        k_t = k.T if transpose == "T" else k.transpose(-2, -1)
+        scores = q @ k_t / math.sqrt(q.shape[-1])
+        hidden = ~sees if invert else sees
+        return torch.softmax(scores.masked_fill(hidden, -math.inf), dim=dim) @ v
+    return causal_attention
+
+
+@pytest.mark.parametrize("mistake, sentence", [
+    (dict(mask="float"), "your mask is float; make it boolean"),
+    (dict(invert=False), "masked_fill fills where the mask is True: invert the mask"),
+    (dict(diagonal=-1), "a query may also see itself: the diagonal is allowed"),
+    (dict(dim=-2), "use softmax(dim=-1)"),
+    (dict(transpose="T"), "use k.transpose(-2, -1)"),
+])
+def test_causal_attention_feedback_names_each_mistake(mistake, sentence):
+    assert_accepts("ch3.causal_attention", learner_attention())
+    assert_rejects("ch3.causal_attention", learner_attention(**mistake), sentence)
+
+
+def test_causal_attention_float_mask_in_masked_fill_is_named():
+    def float_mask_filled(q, k, v):
+        n = q.shape[-2]
+        sees = torch.ones(n, n).tril()
+        scores = q @ k.mT / math.sqrt(q.shape[-1])
+        return torch.softmax(scores.masked_fill(1 - sees, -math.inf), dim=-1) @ v
+
+    assert_rejects("ch3.causal_attention", float_mask_filled, "your mask is float")
+
+
 def test_decode_step_feedback_names_the_alignment_mistake():
     def top_left(x_new, cache_k, cache_v, w_q, w_k, w_v):
         k, v = torch.cat([cache_k, x_new @ w_k]), torch.cat([cache_v, x_new @ w_v])
@@ -99,3 +136,17 @@ def test_decode_step_feedback_names_the_alignment_mistake():
                    "the updated cache_k for 4 cached tokens and x_new of shape (1, 6), d_k = 4, "
                    "d_v = 5 should have shape (5, 4), but yours has shape (4, 4)")
     assert_rejects("ch3.decode_step", lambda *a: a[0], "return three tensors")
+
+
+def test_decode_step_feedback_names_the_order_mistakes():
+    def attend_then_append(x_new, cache_k, cache_v, w_q, w_k, w_v):
+        out = torch.nn.functional.scaled_dot_product_attention(x_new @ w_q, cache_k, cache_v)
+        return out, torch.cat([cache_k, x_new @ w_k]), torch.cat([cache_v, x_new @ w_v])
+
+    def prepend(x_new, cache_k, cache_v, w_q, w_k, w_v):
+        out, _, _ = reference_decode_step(x_new, cache_k, cache_v, w_q, w_k, w_v)
+        return out, torch.cat([x_new @ w_k, cache_k]), torch.cat([x_new @ w_v, cache_v])
+
+    assert_rejects("ch3.decode_step", attend_then_append,
+                   "a new token must also see itself, so append first, then attend")
+    assert_rejects("ch3.decode_step", prepend, "new keys go at the end")

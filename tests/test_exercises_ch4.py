@@ -18,9 +18,9 @@ def reference_head_targets(sentence, token):
     return {"previous token": previous, "topic": max(amount, key=amount.get)}
 
 
-def reference_split_heads(x, num_heads):
-    d_head = x.shape[-1] // num_heads
-    return torch.stack([x[..., j * d_head:(j + 1) * d_head] for j in range(num_heads)], dim=-3)
+def reference_merge_heads(x):
+    """Token i's features: head 0's row i, then head 1's, ... (a loop, not a reshape)."""
+    return torch.cat([x[:, j] for j in range(x.shape[1])], dim=-1)
 
 
 def reference_grouped_query(q, k, v):
@@ -35,7 +35,7 @@ def reference_grouped_query(q, k, v):
 
 REFERENCES = {
     "ch4.head_targets": reference_head_targets(TARGETS_SENTENCE, TARGETS_TOKEN),
-    "ch4.split_heads": reference_split_heads,
+    "ch4.merge_heads": reference_merge_heads,
     "ch4.grouped_query": reference_grouped_query,
 }
 
@@ -54,20 +54,32 @@ def test_head_targets_feedback():
     assert_rejects("ch4.head_targets", dict(right, **{"previous token": "cash"}),
                    "turned back by one step")
     assert_rejects("ch4.head_targets", dict(right, topic="river"), "should be one word of")
+    assert_rejects("ch4.head_targets", dict(right, topic="bank"), "'bank' carries no topic")
     assert_rejects("ch4.head_targets", {"topic": "cash"}, "missing 'previous token'")
 
 
-def test_split_heads_feedback_spots_the_reshape_without_transpose():
-    def plain_reshape(x, num_heads):
-        b, n, d = x.shape
-        return x.reshape(b, num_heads, n, d // num_heads)
+def test_merge_heads_feedback_names_each_mistake():
+    def plain_reshape(x):
+        b, h, n, d = x.shape
+        return x.reshape(b, n, h * d)
 
-    def no_heads_dim(x, num_heads):
+    def features_interleaved(x):
+        b, h, n, d = x.shape
+        return x.permute(0, 2, 3, 1).reshape(b, n, h * d)
+
+    def view_after_transpose(x):
+        b, h, n, d = x.shape
+        return x.transpose(1, 2).view(b, n, h * d)
+
+    def no_merge(x):
         return x
 
-    assert_rejects("ch4.split_heads", plain_reshape, "a plain reshape to (B, h, N, d_head)")
-    assert_rejects("ch4.split_heads", no_heads_dim,
-                   "should have shape (2, 3, 5, 4), but yours has shape (2, 5, 12)")
+    assert_rejects("ch4.merge_heads", plain_reshape, "a plain reshape to (B, N, h * d_head)")
+    assert_rejects("ch4.merge_heads", features_interleaved,
+                   "head j must give the contiguous features j * d_head")
+    assert_rejects("ch4.merge_heads", view_after_transpose, "use reshape")
+    assert_rejects("ch4.merge_heads", no_merge,
+                   "should have shape (2, 5, 12), but yours has shape (2, 3, 5, 4)")
 
 
 def test_grouped_query_feedback_spots_tiling():
@@ -79,5 +91,10 @@ def test_grouped_query_feedback_spots_tiling():
     def first_group_only(q, k, v):
         return torch.nn.functional.scaled_dot_product_attention(q, k[:, :1], v[:, :1])
 
+    def not_expanded(q, k, v):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
     assert_rejects("ch4.grouped_query", tiled, "query head i must use key/value head i // 2")
     assert_rejects("ch4.grouped_query", first_group_only, "not the right values")
+    assert_rejects("ch4.grouped_query", not_expanded,
+                   "k and v have g heads, so first give each query head its key/value head")

@@ -1,6 +1,8 @@
 """Checks for chapter 3: causal masking."""
 
 import math
+import numbers
+import warnings
 
 import torch
 
@@ -29,8 +31,11 @@ def check_visible_pairs(answer):
                     f"{', '.join(missing)}.")
     for key, count in expected.items():
         got = answer[key]
-        if isinstance(got, bool) or not isinstance(got, int):
+        whole = isinstance(got, numbers.Integral) or (
+            isinstance(got, float) and got.is_integer())
+        if isinstance(got, bool) or not whole:
             raise Wrong(f"{key} should be a whole number of (query, key) pairs, got {got!r}.")
+        got = int(got)
         if got != count:
             raise Wrong(f"{key} allows {count} pairs, not {got}: {why[key]}.")
     return (f"{expected['causal']} of the {n * n} pairs for causal, about half; a sliding window "
@@ -45,26 +50,85 @@ def _reference_cases():
              *(torch.randn(2, 3, 6, 4, generator=gen) for _ in range(3)))]
 
 
+def _diagnose_causal_error(error, warned):
+    """A sentence for the usual ways a causal attention function crashes, or None."""
+    text = str(error)
+    if any("x.T" in message for message in warned) or "x.T" in text:
+        return ("k.T reverses ALL the dimensions of a batched (4-D) tensor: use "
+                "k.transpose(-2, -1), which swaps only the last two.")
+    if "invert" in text or "only supports boolean masks" in text:
+        return ("your mask is float; make it boolean: torch.ones(n, n, "
+                "dtype=torch.bool).tril().")
+    return None
+
+
+def _call_causal_attention(causal_attention, q, k, v, description):
+    """`call`, plus a targeted sentence when the learner's function raises a usual error."""
+    if not callable(causal_attention):
+        return call(causal_attention, q, k, v, called_with=description)
+    diagnosis = []
+
+    def watched(*args):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                return causal_attention(*args)
+            except Exception as error:
+                diagnosis.append(_diagnose_causal_error(error, [str(w.message) for w in caught]))
+                raise
+
+    try:
+        return call(watched, q, k, v, called_with=description)
+    except Wrong:
+        if diagnosis and diagnosis[0]:
+            raise Wrong(f"with {description}, {diagnosis[0]}") from None
+        raise
+
+
+def _close(got, wrong):
+    """Whether the learner's tensor matches a known wrong answer, NaN for NaN."""
+    return torch.allclose(got.detach().double().cpu(), wrong.double(), atol=1e-5,
+                          equal_nan=True)
+
+
+def _textbook(q, k, v, sees, dim=-1):
+    """softmax(q k^T / sqrt(d_k), masked where `sees` is False) v, NaN rows included."""
+    scores = (q @ k.mT / math.sqrt(q.shape[-1])).masked_fill(~sees, -math.inf)
+    return torch.softmax(scores, dim=dim) @ v
+
+
 @exercise("ch3.causal_attention")
 def check_causal_attention(causal_attention):
     for description, q, k, v in _reference_cases():
-        got = call(causal_attention, q, k, v, called_with=description)
+        got = _call_causal_attention(causal_attention, q, k, v, description)
         expected = scaled_dot_product_attention(q, k, v, is_causal=True)
         if isinstance(got, torch.Tensor) and got.shape == expected.shape:
             n = q.shape[-2]
+            lower = causal_mask(n)
             scores = q @ k.mT / math.sqrt(q.shape[-1])
-            after = torch.softmax(scores, dim=-1) * causal_mask(n)
-            future = scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(n).T)
-            unscaled = scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0)
-            if torch.allclose(got, after @ v, atol=1e-5):
-                raise Wrong("your output is what zeroing the weights AFTER the softmax gives, so "
-                            "the rows no longer sum to 1: mask the scores with -inf BEFORE it.")
-            if torch.allclose(got, future, atol=1e-5):
-                raise Wrong("your queries see the future and not the past: query i may attend "
-                            "to keys 0..i, the lower triangle (tril), not the upper one.")
-            if torch.allclose(got, unscaled, atol=1e-5):
-                raise Wrong("your output is right except for the scale: divide the scores by "
-                            "sqrt(d_k) before the softmax.")
+            mistakes = [
+                (torch.softmax(scores, dim=-1) * lower @ v,
+                 "your output is what zeroing the weights AFTER the softmax gives, so the rows "
+                 "no longer sum to 1: mask the scores with -inf BEFORE it."),
+                (_textbook(q, k, v, lower.T),
+                 "your queries see the future and not the past: query i may attend to keys "
+                 "0..i, the lower triangle (tril), not the upper one."),
+                (_textbook(q, k, v, ~lower),
+                 "masked_fill fills where the mask is True: invert the mask, "
+                 "masked_fill(~mask, -inf), to hide the keys a query may NOT see."),
+                (_textbook(q, k, v, lower.tril(-1)),
+                 "a query may also see itself: the diagonal is allowed, so use tril(), "
+                 "not tril(-1)."),
+                (_textbook(q, k, v, lower, dim=-2),
+                 "your softmax runs over the queries: each query's weights over the keys "
+                 "must sum to 1, so use softmax(dim=-1)."),
+                (scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0),
+                 "your output is right except for the scale: divide the scores by sqrt(d_k) "
+                 "before the softmax."),
+            ]
+            for wrong, sentence in mistakes:
+                if _close(got, wrong):
+                    raise Wrong(sentence)
         same_tensor(got, expected, f"the output for {description}")
     return "-inf before the softmax: every row still sums to 1 over the keys it may see."
 
@@ -90,6 +154,11 @@ def check_decode_step(decode_step):
                         f"got {type(got).__name__}.")
         out, cache_k, cache_v = got
         q, k, v = x @ w_q, x @ w_k, x @ w_v
+        prepended = torch.cat([k[n_cached:], k[:n_cached]])
+        if isinstance(cache_k, torch.Tensor) and cache_k.shape == k.shape and _close(
+                cache_k, prepended):
+            raise Wrong(f"with {description}, your cache_k starts with the new keys: new keys "
+                        f"go at the end, torch.cat([cache_k, x_new @ w_k]).")
         same_tensor(cache_k, k, f"the updated cache_k for {description}")
         same_tensor(cache_v, v, f"the updated cache_v for {description}")
         expected = scaled_dot_product_attention(q, k, v, is_causal=True)[n_cached:]
@@ -97,11 +166,15 @@ def check_decode_step(decode_step):
         if isinstance(out, torch.Tensor) and out.shape == expected.shape:
             top_left = scaled_dot_product_attention(new_q, k, v, is_causal=True)
             no_mask = scaled_dot_product_attention(new_q, k, v)
-            if torch.allclose(out, top_left, atol=1e-5):
+            old_cache_only = scaled_dot_product_attention(new_q, k[:n_cached], v[:n_cached])
+            if _close(out, old_cache_only):
+                raise Wrong(f"with {description}, your new tokens see only the old cache: a new "
+                            f"token must also see itself, so append first, then attend.")
+            if _close(out, top_left):
                 raise Wrong(f"with {description}, your new queries see keys as if they were the "
                             f"FIRST positions (top-left, is_causal): they are the last "
                             f"{n_new}, so use kv_cache_causal_mask({n_new}, {n_cached + n_new}).")
-            if n_new > 1 and torch.allclose(out, no_mask, atol=1e-5):
+            if n_new > 1 and _close(out, no_mask):
                 raise Wrong(f"with {description}, your new tokens see each other's future: new "
                             f"token i may see the cache and new tokens 0..i, not later ones.")
         same_tensor(out, expected, f"the output for {description}")

@@ -5,7 +5,7 @@ import torch
 from attnlib import multihead
 from attnlib.attention import scaled_dot_product_attention
 from attnlib.exercises import Wrong, call, exercise, same_tensor
-from attnlib.multihead import split_heads
+from attnlib.multihead import merge_heads
 
 #: The sentence of the prediction exercise, and the token whose row is asked about.
 TARGETS_SENTENCE = "she deposited cash at the bank"
@@ -31,6 +31,9 @@ def check_head_targets(answer):
         got = answer[name]
         if not isinstance(got, str) or got.strip().lower() not in tokens:
             raise Wrong(f"{name!r} should be one word of {TARGETS_SENTENCE!r}, got {got!r}.")
+        if name == "topic" and got.strip().lower() == TARGETS_TOKEN:
+            raise Wrong(f"{TARGETS_TOKEN!r} carries no topic (no water, no money), so the topic "
+                        f"head's key for it is 0: look for the word with the most money.")
         if got.strip().lower() != word:
             hint = {"previous token": "its query is bank's position turned back by one step",
                     "topic": "its key is how much water or money a word carries, and the "
@@ -40,26 +43,57 @@ def check_head_targets(answer):
             f"{expected['topic']!r}, the word with the most money: two places at once.")
 
 
-@exercise("ch4.split_heads")
-def check_split_heads(my_split_heads):
+def _close(got, wrong):
+    """Whether the learner's tensor equals a known wrong answer."""
+    return torch.allclose(got.detach().double().cpu(), wrong.double(), atol=1e-5)
+
+
+@exercise("ch4.merge_heads")
+def check_merge_heads(my_merge_heads):
     gen = torch.Generator().manual_seed(5)
-    for shape, heads in (((2, 5, 12), 3), ((1, 4, 8), 4)):
+    for shape in ((2, 3, 5, 4), (1, 4, 2, 3)):
         x = torch.randn(*shape, generator=gen)
-        description = f"x of shape {shape} and num_heads = {heads}"
-        got = call(my_split_heads, x, heads, called_with=description)
-        expected = split_heads(x, heads)
-        if isinstance(got, torch.Tensor) and got.shape == expected.shape and torch.equal(
-                got, x.reshape(expected.shape)):
-            raise Wrong(f"for {description} a plain reshape to (B, h, N, d_head) mixes tokens "
-                        f"within a head: reshape to (B, N, h, d_head) first, then swap N and h.")
-        same_tensor(got, expected, f"the heads for {description}")
-    return "each head holds a slice of d_head features of every token: (B, h, N, d_head)."
+        description = f"x of shape {shape} (B, h, N, d_head)"
+        try:
+            got = call(my_merge_heads, x, called_with=description)
+        except Wrong as wrong:
+            if "view size is not compatible" in str(wrong):
+                raise Wrong(f"with {description}, view fails after transpose (the tensor is no "
+                            f"longer contiguous in memory): use reshape.") from None
+            raise
+        expected = merge_heads(x)
+        b, h, n, d_head = shape
+        if isinstance(got, torch.Tensor) and got.shape == expected.shape:
+            if _close(got, x.reshape(b, n, h * d_head)):
+                raise Wrong(f"for {description} a plain reshape to (B, N, h * d_head) mixes "
+                            f"tokens: bring each token's heads together first, "
+                            f"x.transpose(1, 2), then reshape.")
+            if _close(got, x.permute(0, 2, 3, 1).reshape(b, n, h * d_head)):
+                raise Wrong(f"for {description} your features alternate between heads: head j "
+                            f"must give the contiguous features j * d_head ... "
+                            f"(j + 1) * d_head - 1, so flatten (B, N, h, d_head), not "
+                            f"(B, N, d_head, h).")
+        same_tensor(got, expected, f"the merged heads for {description}")
+    return ("each token gets its heads' outputs side by side, head 0's features first: "
+            "(B, N, h * d_head), ready for W_O.")
 
 
 def _grouped_reference(q, k, v):
     group_size = q.shape[-3] // k.shape[-3]
     k, v = (t.repeat_interleave(group_size, dim=-3) for t in (k, v))
     return scaled_dot_product_attention(q, k, v)
+
+
+def _works_with_as_many_kv_heads(grouped_query_attention, q, k, v):
+    """Whether the learner's function is right when k and v are already expanded to h heads."""
+    expanded_k, expanded_v = (t.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
+                              for t in (k, v))
+    try:
+        got = grouped_query_attention(q, expanded_k, expanded_v)
+        return isinstance(got, torch.Tensor) and got.shape == q.shape and _close(
+            got, _grouped_reference(q, k, v))
+    except Exception:
+        return False
 
 
 @exercise("ch4.grouped_query")
@@ -69,11 +103,18 @@ def check_grouped_query(grouped_query_attention):
         q = torch.randn(2, heads, 5, 4, generator=gen)
         k, v = (torch.randn(2, groups, 5, 4, generator=gen) for _ in range(2))
         description = f"{heads} query heads and {groups} key/value head(s)"
-        got = call(grouped_query_attention, q, k, v, called_with=description)
+        try:
+            got = call(grouped_query_attention, q, k, v, called_with=description)
+        except Wrong:
+            if groups > 1 and _works_with_as_many_kv_heads(grouped_query_attention, q, k, v):
+                raise Wrong(f"with {description}, your function fails, but works when k and v "
+                            f"have {heads} heads: k and v have g heads, so first give each "
+                            f"query head its key/value head (repeat_interleave).") from None
+            raise
         tiled = scaled_dot_product_attention(q, *(t.repeat(1, heads // groups, 1, 1)
                                                   for t in (k, v)))
         if 1 < groups < heads and isinstance(got, torch.Tensor) and got.shape == q.shape \
-                and torch.allclose(got, tiled, atol=1e-5):
+                and _close(got, tiled):
             raise Wrong(f"with {description}, query head i must use key/value head "
                         f"i // {heads // groups}; your heads cycle through the groups "
                         f"(repeat) instead of sharing them in blocks (repeat_interleave).")
