@@ -3,6 +3,7 @@ with one sentence, and never lets an exception reach the learner."""
 
 import importlib
 import pkgutil
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,11 @@ def chapter_test_modules():
 
 def all_references():
     return {k: v for m in chapter_test_modules() for k, v in m.REFERENCES.items()}
+
+
+def test_the_instructors_guide_lists_every_exercise():
+    guide = (Path(tests.__path__[0]).parent / "instructors.md").read_text()
+    assert [name for name in available() if f"`{name}`" not in guide] == []
 
 
 def test_every_exercise_has_a_reference_answer_in_the_tests():
