@@ -251,6 +251,26 @@ def peak_memory(fn, device="cpu"):
     raise ValueError(f"device must be 'cpu' or 'cuda', got {device.type!r}")
 
 
+def cpu_op_times(fn, runs=3):
+    """Seconds per call of `fn()` spent inside each torch operator on the CPU, from
+    torch.profiler, largest first: {"aten::bmm": 0.012, "aten::exp": 0.004, ...}.
+
+    Self time: an operator that calls others (aten::matmul calls aten::bmm) is charged
+    only for its own work, so the values add up to the time spent in torch.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    require_positive_int("runs", runs)
+    fn()  # warm-up: one-off allocations and kernel choices stay out of the record
+    with quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(runs):
+            fn()
+    times = {event.key: event.self_cpu_time_total / 1e6 / runs for event in prof.key_averages()}
+    return dict(sorted(((op, t) for op, t in times.items() if t > 0), key=lambda item: -item[1]))
+
+
 def attention_inputs(n, d=64, heads=1, batch=1, dtype=torch.float32, device="cpu", seed=0):
     """Random q, k, v of shape (batch, heads, n, d), standard normal, the same for a seed
     whatever the device."""
@@ -293,14 +313,16 @@ def _progress_bar(total):
 
 
 def measure(fn, sizes, make_inputs=attention_inputs, *, memory=True, min_run_time=0.2,
-            progress=True):
+            max_run_time=1.5, progress=True, label="N"):
     """Time `fn(*make_inputs(n))` for each n in `sizes`, and take its peak memory.
 
-    Time: the median of torch.utils.benchmark's blocked_autorange, run for at least
-    `min_run_time` seconds, with all of torch's threads.  Memory (when `memory`):
-    `peak_memory` on the inputs' device (CPU or CUDA), measured after the timing runs
-    so that one-off workspaces are already there.  In a Jupyter notebook, `progress`
-    shows a progress bar.  Returns a list of `Measurement(n, seconds, peak_bytes)`.
+    Time: the median of torch.utils.benchmark's adaptive_autorange with all of torch's
+    threads: blocks of calls, for at least `min_run_time` seconds and until the spread
+    of the blocks is below 10% of their median or `max_run_time` seconds have passed
+    (a busy machine gets more samples).  Memory (when `memory`): `peak_memory` on the
+    inputs' device (CPU or CUDA), measured after the timing runs so that one-off
+    workspaces are already there.  In a Jupyter notebook, `progress` shows a progress
+    bar captioned with `label`.  Returns a list of `Measurement(n, seconds, peak_bytes)`.
     """
     from torch.utils import benchmark
 
@@ -313,28 +335,29 @@ def measure(fn, sizes, make_inputs=attention_inputs, *, memory=True, min_run_tim
         raise ValueError("sizes must hold at least one size, got none")
     for n in sizes:
         require_positive_int("each size", n)
-    if isinstance(min_run_time, bool) or not isinstance(min_run_time, numbers.Real) or not (
-            min_run_time > 0):
-        raise ValueError(f"min_run_time must be a number of seconds > 0, got {min_run_time!r}")
+    for name, seconds in (("min_run_time", min_run_time), ("max_run_time", max_run_time)):
+        if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or not seconds > 0:
+            raise ValueError(f"{name} must be a number of seconds > 0, got {seconds!r}")
     bar = _progress_bar(len(sizes)) if progress else None
     results = []
     for n in sizes:
         if bar is not None:
-            bar.description = f"measuring N = {n}"
+            bar.description = f"{label} = {n}"
         args = make_inputs(n)
         if isinstance(args, torch.Tensor):
             args = (args,)
         device = next((a.device for a in args if isinstance(a, torch.Tensor)), "cpu")
         timer = benchmark.Timer("fn(*args)", globals={"fn": fn, "args": args},
                                 num_threads=torch.get_num_threads())
-        seconds = timer.blocked_autorange(min_run_time=min_run_time).median
+        seconds = timer.adaptive_autorange(min_run_time=min_run_time,
+                                           max_run_time=max(max_run_time, min_run_time)).median
         peak = peak_memory(lambda args=args: fn(*args), device) if memory else None
         results.append(Measurement(n, seconds, peak))
         del args, timer  # free this size's inputs before making the next ones
         if bar is not None:
             bar.value += 1
     if bar is not None:
-        bar.description = f"measured {len(sizes)} sizes"
+        bar.description = f"{label}: measured {len(sizes)} sizes"
         bar.bar_style = "success"
     return results
 

@@ -12,6 +12,7 @@ from attnlib.cost import (
     Measurement,
     attention_flops,
     attention_inputs,
+    cpu_op_times,
     fit_exponent,
     inplace_attention,
     kv_cache_bytes,
@@ -286,9 +287,9 @@ def test_measure_shows_a_progress_bar_only_in_a_notebook(capfd, monkeypatch):
     shown = []
     monkeypatch.setattr(cost, "_in_notebook", lambda: True)
     monkeypatch.setattr("IPython.display.display", shown.append)
-    measure(torch.relu, [4, 8], lambda n: torch.ones(n), min_run_time=0.01)
+    measure(torch.relu, [4, 8], lambda n: torch.ones(n), min_run_time=0.01, label="relu")
     (bar,) = shown
-    assert (bar.value, bar.max, bar.description) == (2, 2, "measured 2 sizes")
+    assert (bar.value, bar.max, bar.description) == (2, 2, "relu: measured 2 sizes")
     measure(torch.relu, [4], lambda n: torch.ones(n), min_run_time=0.01, progress=False)
     assert len(shown) == 1
 
@@ -302,6 +303,7 @@ def test_measure_shows_a_progress_bar_only_in_a_notebook(capfd, monkeypatch):
         ({"sizes": ["8"]}, TypeError, "each size must be an int, got str"),
         ({"make_inputs": None}, TypeError, "make_inputs must be callable, got NoneType"),
         ({"min_run_time": 0}, ValueError, "min_run_time must be a number of seconds > 0, got 0"),
+        ({"max_run_time": "1"}, ValueError, "max_run_time must be a number of seconds > 0"),
     ],
 )
 def test_measure_rejects_bad_input(kwargs, error, message):
@@ -333,3 +335,17 @@ def test_fit_exponent_rejects_what_it_cannot_fit(sizes, values, message):
     with pytest.raises(ValueError) as info:
         fit_exponent(sizes, values)
     assert message in str(info.value)
+
+
+def test_cpu_op_times_names_the_operators_that_did_the_work(capfd):
+    a = torch.randn(300, 300)
+    matmul = cpu_op_times(lambda: a @ a)
+    assert next(iter(matmul)) == "aten::mm"  # the largest entry comes first
+    exp = cpu_op_times(lambda: a.exp(), runs=2)
+    assert "aten::exp" in exp and "aten::mm" not in exp
+    assert all(t > 0 for t in exp.values())
+    assert capfd.readouterr() == ("", "")
+    with pytest.raises(ValueError, match="runs must be >= 1, got 0"):
+        cpu_op_times(lambda: None, runs=0)
+    with pytest.raises(TypeError, match="fn must be callable, got str"):
+        cpu_op_times("a @ a")
