@@ -6,10 +6,12 @@ instead), against the memory of real GPUs in `GPU_MEMORY`.
 
 Measuring: `measure` times a function with torch.utils.benchmark and takes its peak
 memory with `peak_memory`, size after size; `fit_exponent` reads the power law off the
-result.  Memory is measured where torch allocates it: on CUDA with torch.cuda's peak
-counters, on the CPU from the allocations and frees that torch's profiler records
-(tracemalloc cannot see them, and the process's resident size mixes in Python and
-allocator caches).
+result; `cpu_op_times` says which of torch's operators the time went to.  Memory is
+measured where torch allocates it: on CUDA with torch.cuda's peak counters, on the CPU
+from the allocations and frees that torch's profiler records (tracemalloc cannot see
+them, and the process's resident size mixes in Python and allocator caches).
+`python -m attnlib.cost` prints the time exponent and the memory agreement of naive
+attention on this machine.
 
 Two attention variants for the experiments: `inplace_attention` holds one N x N matrix
 where chapter 2's clear version holds three, and `sliding_window_attention` holds
@@ -170,7 +172,7 @@ def sliding_window_attention(q, k, v, window, scale=None):
     blocks = (n + pad) // window
 
     def to_blocks(t):  # (..., N, d) -> (..., blocks, window, d), zero-padded at the end
-        t = F.pad(t, (0, 0, 0, pad))
+        t = F.pad(t, (0, 0, 0, pad)) if pad else t
         return t.reshape(*t.shape[:-2], blocks, window, t.shape[-1])
 
     def with_previous_block(t):  # (..., blocks, window, d) -> (..., blocks, 2 * window, d)
@@ -178,13 +180,12 @@ def sliding_window_attention(q, k, v, window, scale=None):
         return torch.cat([previous, t], dim=-2)
 
     scores = (to_blocks(q) * scale) @ with_previous_block(to_blocks(k)).mT
-    # query r of block b is position b*w + r; key c of the pair is position (b-1)*w + c
+    # query r of block b is position i = b*w + r; key c of the pair is j = (b-1)*w + c
     r = torch.arange(window, device=q.device)[:, None]
     c = torch.arange(2 * window, device=q.device)
-    visible = (c > r) & (c <= r + window)  # 0 <= i - j < window
-    first_block = visible & (c >= window)  # block 0 has no block before it
-    visible = torch.cat([first_block[None], visible.expand(blocks - 1, -1, -1)])
-    weights = softmax(scores.masked_fill(~visible, -math.inf), dim=-1)
+    scores = scores.masked_fill((c <= r) | (c > r + window), -math.inf)  # not 0 <= i-j < w
+    scores[..., 0, :, :window] = -math.inf  # block 0 has no block before it
+    weights = softmax(scores, dim=-1)
     out = weights @ with_previous_block(to_blocks(v))
     return out.reshape(*out.shape[:-3], blocks * window, out.shape[-1])[..., :n, :]
 
@@ -379,3 +380,23 @@ def fit_exponent(sizes, values):
     if spread == 0:
         raise ValueError(f"sizes must not all be equal, got {sizes}")
     return sum((a - x_mean) * (b - y_mean) for a, b in zip(x, y, strict=True)) / spread
+
+
+def main(sizes=(2048, 4096, 8192)):
+    """`python -m attnlib.cost`: on this machine's CPU, the fitted time exponent of naive
+    attention (chapter 2's) and how its peak memory agrees with 3 * score_matrix_bytes."""
+    from attnlib.attention import scaled_dot_product_attention
+    from attnlib.device import describe_device
+
+    runs = measure(scaled_dot_product_attention, sizes, progress=False)
+    print(f"naive attention (chapter 2), one head, d = 64, float32; {describe_device('cpu')}")
+    for run in runs:
+        formula = 3 * score_matrix_bytes(run.n, dtype=torch.float32)
+        print(f"N = {run.n:>6}: {run.seconds * 1e3:9.2f} ms, peak {run.peak_bytes / 1e6:8.1f} MB"
+              f" = {run.peak_bytes / formula:.4f} x (3 * score_matrix_bytes)")
+    exponent = fit_exponent(sizes, [run.seconds for run in runs])
+    print(f"time grows like N^{exponent:.2f} over N = {', '.join(map(str, sizes))}")
+
+
+if __name__ == "__main__":
+    main()

@@ -349,3 +349,10 @@ def test_cpu_op_times_names_the_operators_that_did_the_work(capfd):
         cpu_op_times(lambda: None, runs=0)
     with pytest.raises(TypeError, match="fn must be callable, got str"):
         cpu_op_times("a @ a")
+
+
+def test_main_prints_the_exponent_and_the_memory_agreement(capsys):
+    cost.main(sizes=(64, 128))
+    out = capsys.readouterr().out
+    assert "N =    128:" in out and "x (3 * score_matrix_bytes)" in out
+    assert "time grows like N^" in out and "over N = 64, 128" in out
