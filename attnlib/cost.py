@@ -6,7 +6,8 @@ instead), against the memory of real GPUs in `GPU_MEMORY`.
 
 Measuring: `measure` times a function with torch.utils.benchmark and takes its peak
 memory with `peak_memory`, size after size; `fit_exponent` reads the power law off the
-result; `cpu_op_times` says which of torch's operators the time went to.  Memory is
+result; `counted_flops` counts the FLOPs a function really runs, and `cpu_op_times`
+says which of torch's operators the time went to.  Memory is
 measured where torch allocates it: on CUDA with torch.cuda's peak counters, on the CPU
 from the allocations and frees that torch's profiler records (tracemalloc cannot see
 them, and the process's resident size mixes in Python and allocator caches).
@@ -252,6 +253,19 @@ def peak_memory(fn, device="cpu"):
     raise ValueError(f"device must be 'cpu' or 'cuda', got {device.type!r}")
 
 
+def counted_flops(fn):
+    """FLOPs of the matrix products that `fn()` runs, as PyTorch's FlopCounterMode counts
+    them while it runs (2 per multiply-add; element-wise work such as the softmax is not
+    counted, and neither are fused kernels it has no formula for, such as the CPU's)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
 def cpu_op_times(fn, runs=3):
     """Seconds per call of `fn()` spent inside each torch operator on the CPU, from
     torch.profiler, largest first: {"aten::bmm": 0.012, "aten::exp": 0.004, ...}.
@@ -313,8 +327,8 @@ def _progress_bar(total):
     return bar
 
 
-def measure(fn, sizes, make_inputs=attention_inputs, *, memory=True, min_run_time=0.2,
-            max_run_time=1.5, progress=True, label="N"):
+def measure(fn, sizes, make_inputs=attention_inputs, *, memory=True, min_run_time=0.1,
+            max_run_time=1.0, progress=True, label="N"):
     """Time `fn(*make_inputs(n))` for each n in `sizes`, and take its peak memory.
 
     Time: the median of torch.utils.benchmark's adaptive_autorange with all of torch's

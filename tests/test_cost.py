@@ -12,6 +12,7 @@ from attnlib.cost import (
     Measurement,
     attention_flops,
     attention_inputs,
+    counted_flops,
     cpu_op_times,
     fit_exponent,
     inplace_attention,
@@ -74,7 +75,7 @@ def test_attention_flops_counts_the_two_matrix_products():
         attention_flops(5, 4.0)
 
 
-def counted_flops(fn, *args):
+def flop_counter(fn, *args):
     """FLOPs of the matrix products fn runs, as PyTorch's own FlopCounterMode counts them."""
     with FlopCounterMode(display=False) as counter:
         fn(*args)
@@ -84,7 +85,7 @@ def counted_flops(fn, *args):
 @pytest.mark.parametrize(("batch", "heads", "n", "d"), [(1, 1, 7, 3), (2, 4, 16, 8)])
 def test_attention_flops_agree_with_pytorchs_flop_counter(batch, heads, n, d):
     q, k, v = attention_inputs(n, d, heads, batch)
-    assert attention_flops(n, d, heads, batch) == counted_flops(
+    assert attention_flops(n, d, heads, batch) == flop_counter(
         scaled_dot_product_attention, q, k, v)
 
 
@@ -92,7 +93,7 @@ def test_projection_flops_agree_with_pytorchs_flop_counter_on_four_linear_layers
     batch, n, d_model = 2, 10, 12
     layers = [torch.nn.Linear(d_model, d_model, bias=False) for _ in "QKVO"]
     x = torch.randn(batch, n, d_model)
-    assert projection_flops(n, d_model, batch) == counted_flops(
+    assert projection_flops(n, d_model, batch) == flop_counter(
         lambda: [layer(x) for layer in layers])
     with pytest.raises(ValueError, match="d_model must be >= 1, got 0"):
         projection_flops(4, 0)
@@ -356,3 +357,21 @@ def test_main_prints_the_exponent_and_the_memory_agreement(capsys):
     out = capsys.readouterr().out
     assert "N =    128:" in out and "x (3 * score_matrix_bytes)" in out
     assert "time grows like N^" in out and "over N = 64, 128" in out
+
+
+def test_counted_flops_counts_each_matrix_product_as_it_runs():
+    a, b, c = torch.randn(3, 5), torch.randn(5, 7), torch.randn(7, 2)
+    # (3 x 5) @ (5 x 7): 3 * 7 dot products of length 5; then (3 x 7) @ (7 x 2)
+    assert counted_flops(lambda: a @ b @ c) == 2 * (3 * 7 * 5 + 3 * 2 * 7)
+    assert counted_flops(lambda: (a @ b).softmax(-1)) == 2 * 3 * 7 * 5  # softmax not counted
+    with pytest.raises(TypeError, match="fn must be callable, got Tensor"):
+        counted_flops(a)
+
+
+def test_sliding_window_computes_linearly_many_flops():
+    def flops(n):
+        q, k, v = attention_inputs(n, 8)
+        return counted_flops(lambda: sliding_window_attention(q, k, v, 16))
+
+    # each block of 16 queries meets 32 keys: 2 products of N x 32 x 8 multiply-adds
+    assert flops(256) == 2 * 2 * 256 * 32 * 8 and flops(512) == 2 * flops(256)
