@@ -7,12 +7,12 @@ instead), against the memory of real GPUs in `GPU_MEMORY`.
 Measuring: `measure` times a function with torch.utils.benchmark and takes its peak
 memory with `peak_memory`, size after size; `fit_exponent` reads the power law off the
 result; `counted_flops` counts the FLOPs a function really runs, and `cpu_op_times`
-says which of torch's operators the time went to.  Memory is
-measured where torch allocates it: on CUDA with torch.cuda's peak counters, on the CPU
-from the allocations and frees that torch's profiler records (tracemalloc cannot see
-them, and the process's resident size mixes in Python and allocator caches).
-`python -m attnlib.cost` prints the time exponent and the memory agreement of naive
-attention on this machine.
+says which of torch's operators the time went to.  `python -m attnlib.cost` prints the
+time exponent and the memory agreement of naive attention on this machine.
+
+Memory is measured where torch allocates it: on CUDA with torch.cuda's peak counters,
+on the CPU from the allocations and frees that torch's profiler records (tracemalloc
+cannot see them, and the process's resident size mixes in Python and allocator caches).
 
 Two attention variants for the experiments: `inplace_attention` holds one N x N matrix
 where chapter 2's clear version holds three, and `sliding_window_attention` holds

@@ -200,6 +200,14 @@ def test_sliding_window_attention_is_attention_with_a_band_mask(n, window):
         2, 3, n, 2), rtol=1e-5, atol=1e-6)
 
 
+def test_sliding_window_attention_has_the_gradients_of_a_band_masked_attention():
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 7, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+               for _ in range(3))
+    assert torch.autograd.gradcheck(lambda q, k, v: sliding_window_attention(q, k, v, 3),
+                                    (q, k, v))
+
+
 def test_sliding_window_special_cases():
     q, k, v = attention_inputs(10, 4)
     torch.testing.assert_close(sliding_window_attention(q, k, v, window=1), v)  # itself only
