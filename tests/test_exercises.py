@@ -39,6 +39,12 @@ def test_a_check_never_raises_whatever_the_answer(name, garbage):
     assert "Traceback" not in verdict.message and "\n" not in verdict.message
 
 
+@pytest.mark.parametrize("empty", [None, "", {}, (), []])
+def test_an_empty_answer_is_called_unanswered(empty):
+    verdict = attnlib.check("ch1.shapes", empty)
+    assert not verdict and verdict.message.startswith("no answer yet")
+
+
 def test_a_learner_function_that_raises_gets_a_sentence():
     def broken(*args):
         return {}["missing"]

@@ -10,6 +10,7 @@ import nbformat
 import pytest
 import yaml
 from IPython.core.inputtransformer2 import TransformerManager
+from nbclient import NotebookClient
 
 from tools.notebooks import BEGIN, END, ROOT, chapter_notebooks, setup_cell_source, strip_solutions
 
@@ -134,6 +135,17 @@ def test_student_copy_has_no_solution_but_keeps_the_checks(path):
     to_python = TransformerManager().transform_cell  # turns %magics into Python calls
     for cell in code_cells(student):
         compile(to_python(cell.source), path.name, "exec")  # the stubs leave valid Python
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_student_copy_runs_and_every_check_says_not_yet(path):
+    """What an instructor hands out runs from top to bottom, and no check passes."""
+    student = strip_solutions(read(path))
+    NotebookClient(student, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    verdicts = ["".join(text_outputs(c)) for c in code_cells(student)
+                if "attnlib.check(" in c.source]
+    assert verdicts and all("❌ Not yet" in v and "✅" not in v for v in verdicts), verdicts
 
 
 def test_student_stub_in_a_function_raises_and_a_value_stub_is_a_comment():

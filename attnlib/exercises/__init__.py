@@ -73,6 +73,9 @@ def check(name, answer):
         _load_all()
     if name not in _CHECKS:
         raise ValueError(f"name {name!r} is not an exercise; known: {', '.join(available())}")
+    if answer is None or (isinstance(answer, (str, dict, tuple, list)) and not answer):
+        return Verdict(name, False, "no answer yet: fill in the cell above, run it, then run "
+                                    "this check again.")
     try:
         message = _CHECKS[name](answer)
     except Wrong as wrong:
