@@ -1,13 +1,15 @@
 """Chapter 6: FlashAttention from scratch: online softmax, tiling, recomputation.
 
 The same output as `attnlib.attention.scaled_dot_product_attention`, computed one block
-of keys at a time so that the N x N matrix of scores never exists in memory::
+of keys at a time so that the N x N matrix of scores never exists in memory.  The loop is
+FlashAttention-2's (Dao, 2023): query blocks outside, key/value blocks streamed inside, an
+unnormalised accumulator divided by the sum once at the end, one log-sum-exp kept per row::
 
-    for each query block Q_i:                       m = -inf, ell = 0, acc = 0
-        for each key/value block K_j, V_j:          S = Q_i K_j^T * scale
-            m' = max(m, rowmax S),   P = exp(S - m'),   c = exp(m - m')
-            ell = c ell + rowsum P,   acc = c acc + P V_j,   m = m'
-        O_i = acc / ell,   lse_i = m + log ell
+    for each query block Q_r:                       m = -inf, ell = 0, acc = 0
+        for each key/value block K_c, V_c:          S = Q_r K_c^T * scale
+            m' = max(m, rowmax S),   P~ = exp(S - m'),   c = exp(m - m')
+            ell = c ell + rowsum P~,   acc = c acc + P~ V_c,   m = m'
+        O_r = acc / ell,   lse_r = m + log ell
 
 The softmax is built up in three steps, as in the chapter: `safe_softmax` (three passes
 over the scores), `online_softmax` (the maximum and the normaliser in one pass, with
@@ -75,7 +77,7 @@ def online_update(m, ell, x):
 
         m' = max(m, x),   ell' = ell exp(m - m') + exp(x - m')
 
-    Start from m = -inf, ell = 0.  After x_1..x_j, ell = sum_i exp(x_i - m) with m their max.
+    Start from m = -inf, ell = 0.  After x_1..x_t, ell = sum_u exp(x_u - m) with m their max.
     """
     m_new = torch.maximum(m, x)
     shift = _finite(m_new)
@@ -86,14 +88,14 @@ def online_softmax(x):
     """Softmax along the last dimension in two passes: the maximum and the normaliser
     together in one pass (`online_update`), then the weights.
 
-        m_j = max(m_{j-1}, x_j),   ell_j = ell_{j-1} exp(m_{j-1} - m_j) + exp(x_j - m_j),
+        m_t = max(m_{t-1}, x_t),   ell_t = ell_{t-1} exp(m_{t-1} - m_t) + exp(x_t - m_t),
         a_j = exp(x_j - m_n) / ell_n
     """
     require_tensor("x", x)
     m = torch.full(x.shape[:-1], -math.inf, dtype=x.dtype, device=x.device)
     ell = torch.zeros_like(m)
-    for j in range(x.shape[-1]):                                # pass 1: max and sum
-        m, ell = online_update(m, ell, x[..., j])
+    for t in range(x.shape[-1]):                                # pass 1: max and sum
+        m, ell = online_update(m, ell, x[..., t])
     m, ell = m.unsqueeze(-1), ell.unsqueeze(-1)
     return torch.exp(x - _finite(m)) / _nonzero(ell)            # pass 2: the weights
 
@@ -101,10 +103,10 @@ def online_softmax(x):
 def online_attention(scores, v):
     """softmax(scores) @ v in a single pass over the keys, never storing the weights.
 
-    scores: (..., L, S), v: (..., S, d_v)  ->  (..., L, d_v).  With c = exp(m_{j-1} - m_j):
+    scores: (..., L, S), v: (..., S, d_v)  ->  (..., L, d_v).  With c = exp(m_{t-1} - m_t):
 
-        m_j = max(m_{j-1}, s_j),   ell_j = c ell_{j-1} + exp(s_j - m_j),
-        o_j = c o_{j-1} + exp(s_j - m_j) v_j,   output o_n / ell_n
+        m_t = max(m_{t-1}, s_t),   ell_t = c ell_{t-1} + exp(s_t - m_t),
+        o_t = c o_{t-1} + exp(s_t - m_t) v_t,   output o_n / ell_n   (o: unnormalised)
     """
     require_tensor("scores", scores, min_dim=2)
     require_tensor("v", v, min_dim=2)
@@ -116,13 +118,13 @@ def online_attention(scores, v):
     m = torch.full((*scores.shape[:-1], 1), -math.inf, dtype=scores.dtype, device=scores.device)
     ell = torch.zeros_like(m)
     o = torch.zeros(*batch_shape, scores.shape[-2], v.shape[-1], dtype=v.dtype, device=v.device)
-    for j in range(scores.shape[-1]):                           # the only pass
-        s_j, v_j = scores[..., j:j + 1], v[..., j:j + 1, :]
-        m_new = torch.maximum(m, s_j)
+    for t in range(scores.shape[-1]):                           # the only pass
+        s_t, v_t = scores[..., t:t + 1], v[..., t:t + 1, :]
+        m_new = torch.maximum(m, s_t)
         shift = _finite(m_new)
-        rescale, p = torch.exp(m - shift), torch.exp(s_j - shift)
+        rescale, p = torch.exp(m - shift), torch.exp(s_t - shift)
         ell = rescale * ell + p
-        o = rescale * o + p * v_j
+        o = rescale * o + p * v_t
         m = m_new
     return o / _nonzero(ell)
 
@@ -134,12 +136,12 @@ def block_step(m, ell, acc, scores, v_block):
     """Fold one block of keys into a query block's running state; return (m, ell, acc).
 
     m, ell: (..., bq, 1) running max and sum; acc: (..., bq, d_v) unnormalised output;
-    scores: (..., bq, bk) = Q_i K_j^T * scale (-inf where masked); v_block: (..., bk, d_v).
+    scores: (..., bq, bk) = Q_r K_c^T * scale (-inf where masked); v_block: (..., bk, d_v).
 
-        m' = max(m, rowmax S),  P = exp(S - m'),  ell' = e^(m - m') ell + rowsum P,
-        acc' = e^(m - m') acc + P V
+        m' = max(m, rowmax S),  P~ = exp(S - m'),  ell' = e^(m - m') ell + rowsum P~,
+        acc' = e^(m - m') acc + P~ V
 
-    For speed it works in place: `scores` is overwritten by P, and ell and acc are updated.
+    For speed it works in place: `scores` is overwritten by P~, and ell and acc are updated.
     """
     m_new = torch.maximum(m, scores.amax(dim=-1, keepdim=True))
     shift = _finite(m_new)
@@ -186,7 +188,7 @@ def block_schedule(n_q, n_k, block_q, block_k, is_causal=False):
 
 
 def _scores(q, k, block):
-    """The tile's scores Q_i K_j^T (q already scaled), with -inf where the mask hides a key."""
+    """The tile's scores Q_r K_c^T (q already scaled), with -inf where the mask hides a key."""
     q_block, k_block = q[:, block.q_start:block.q_end], k[:, block.k_start:block.k_end]
     if not block.masked:
         return torch.bmm(q_block, k_block.mT)
@@ -215,22 +217,22 @@ def _forward(q, k, v, scale, is_causal, block_q, block_k):
 
 
 def _backward(q, k, v, out, lse, grad_out, grad_lse, scale, is_causal, block_q, block_k):
-    """Gradients by recomputation: for each tile, P = exp(S - lse) again, then
+    """Gradients by recomputation: for each tile, the weights A = exp(S - lse) again, then
 
-        dV += P^T dO,   dP = dO V^T,   dS = P * (dP - delta),   dQ += dS K scale,
+        dV += A^T dO,   dA = dO V^T,   dS = A * (dA - delta),   dQ += dS K scale,
         dK += dS^T Q scale,   with delta = rowsum(dO * O) - dlse  (dlse: lse's gradient).
     """
     q_scaled = q * scale
     grad_q, grad_k, grad_v = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     delta = ((grad_out * out).sum(dim=-1) - grad_lse).unsqueeze(-1)
-    lse = lse.masked_fill(lse == -math.inf, math.inf).unsqueeze(-1)  # no key: P = 0
+    lse = lse.masked_fill(lse == -math.inf, math.inf).unsqueeze(-1)  # no key: A = 0
     for block in block_schedule(q.shape[1], k.shape[1], block_q, block_k, is_causal):
         rows = slice(block.q_start, block.q_end)
         keys = slice(block.k_start, block.k_end)
-        p = _scores(q_scaled, k, block).sub_(lse[:, rows]).exp_()
-        grad_v[:, keys] += p.mT @ grad_out[:, rows]
-        grad_p = grad_out[:, rows] @ v[:, keys].mT
-        grad_s = p.mul_(grad_p.sub_(delta[:, rows]))
+        weights = _scores(q_scaled, k, block).sub_(lse[:, rows]).exp_()
+        grad_v[:, keys] += weights.mT @ grad_out[:, rows]
+        grad_weights = grad_out[:, rows] @ v[:, keys].mT
+        grad_s = weights.mul_(grad_weights.sub_(delta[:, rows]))
         grad_q[:, rows] += grad_s @ k[:, keys]
         grad_k[:, keys] += grad_s.mT @ q_scaled[:, rows]
     return grad_q.mul_(scale), grad_k, grad_v
@@ -325,22 +327,43 @@ def flash_steps(q, k, v, is_causal=False, scale=None, block_q=4, block_k=4):
                    (acc / _nonzero(ell))[0].clone())
 
 
-def naive_io(n, d):
-    """Elements that naive attention moves between slow and fast memory, for one head of
-    n queries and n keys of width d (each step reads its inputs and writes its result):
+def naive_steps(n, d):
+    """The three steps of naive attention for one head of n queries and n keys of width d,
+    each reading its inputs from slow memory and writing its result back to it, as
+    {step: (FLOPs, elements moved)}::
 
-        S = Q K^T: read Q, K, write S;  P = softmax(S): read S, write P;
-        O = P V: read P, V, write O     ->  4 n d + 4 n^2
+        S = Q K^T / sqrt(d):  2 n^2 d FLOPs;               read Q, K, write S:  2 n d + n^2
+        A = softmax(S):       5 n^2 FLOPs (max, subtract,  read S, write A:     2 n^2
+                              exp, sum, divide);
+        O = A V:              2 n^2 d FLOPs;               read A, V, write O:  n^2 + 2 n d
     """
     for name, value in (("n", n), ("d", d)):
         require_positive_int(name, value)
-    return 4 * n * d + 4 * n * n
+    return {"S = Q K^T / sqrt(d)": (2 * n * n * d, 2 * n * d + n * n),
+            "A = softmax(S)": (5 * n * n, 2 * n * n),
+            "O = A V": (2 * n * n * d, n * n + 2 * n * d)}
+
+
+def naive_io(n, d):
+    """Elements that naive attention moves between slow and fast memory for one head: the
+    sum over `naive_steps`, 4 n d + 4 n^2."""
+    return sum(moved for _, moved in naive_steps(n, d).values())
 
 
 def tiled_io(n, d, block_q):
-    """Elements that the tiled forward moves between slow and fast memory, for one head:
-    each query block is read once and its output written once (2 n d in all), and every
-    key and value is read once per query block:  2 n d + 2 n d ceil(n / block_q).
+    """Elements that the tiled forward moves between slow and fast memory for one head of
+    n queries and n keys of width d, run as a fused GPU kernel runs it::
+
+        2 n d + 2 n d ceil(n / block_q)
+
+    Each query block is read once and its output written once (2 n d in all), and every
+    key and value is read once per query block.  This assumes one fused kernel per query
+    block, which keeps the query block, its running max and sum and its accumulator in
+    fast memory for the whole loop over key blocks; tiles of scores and weights that
+    never leave fast memory (SRAM or registers); no causal mask; and it leaves out the
+    traffic of vectors of length n (lse, m, ell).  With block_q about M / d for a fast
+    memory of M elements it is Theta(n^2 d^2 / M), Theorem 2 of Dao et al. (2022),
+    against Theta(n d + n^2) for `naive_io`.
     """
     for name, value in (("n", n), ("d", d), ("block_q", block_q)):
         require_positive_int(name, value)

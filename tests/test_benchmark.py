@@ -28,8 +28,8 @@ def test_memory_table_gives_naive_over_tiled_and_growth():
     records = [{"n": n, "implementation": name, "peak_bytes": b * mib} for n, name, b in [
         (1024, "naive", 96), (1024, "tiled", 8), (2048, "naive", 384), (2048, "tiled", 12)]]
     rows = benchmark.format_memory(records).splitlines()
-    assert rows[2].split()[:4] == ["1024", "96.0", "8.0", "12x"]
-    assert rows[3].split()[3] == "32x" and rows[3].endswith("x1.50 for N x2.00")
+    assert rows[2].split()[:4] == ["1024", "96.0", "8.0", "12.0x"]
+    assert rows[3].split()[3] == "32.0x" and rows[3].endswith("x1.50 for N x2.00")
 
 
 def test_inputs_follow_the_setting():

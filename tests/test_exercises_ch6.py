@@ -7,18 +7,27 @@ from attnlib.exercises.ch6 import CAUSAL_BLOCKS_SETTING
 from tests.exercise_cases import assert_accepts, assert_rejects
 
 
-def reference_causal_blocks(N, block):
+def reference_causal_blocks(N, block_q, block_k):
     """Brute force: a tile is computed when some query i in it sees some key j <= i."""
-    tiles = math.ceil(N / block)
-    computed = sum(any(j <= i for i in range(qb * block, min((qb + 1) * block, N))
-                       for j in range(kb * block, min((kb + 1) * block, N)))
-                   for qb in range(tiles) for kb in range(tiles))
-    return {"computed": computed, "skipped": tiles * tiles - computed}
+    computed = skipped = 0
+    for q_start in range(0, N, block_q):
+        for k_start in range(0, N, block_k):
+            if any(j <= i for i in range(q_start, min(q_start + block_q, N))
+                   for j in range(k_start, min(k_start + block_k, N))):
+                computed += 1
+            else:
+                skipped += 1
+    return {"computed": computed, "skipped": skipped}
 
 
-def reference_online_update(m, ell, x):
-    m_new = torch.maximum(m, x)
-    return m_new, ell * torch.exp(m - m_new) + torch.exp(x - m_new)
+def reference_normalised_update(m, ell, o, x, v):
+    """Written from the definition: o' = (sum of the old terms + the new one) / ell'."""
+    m_new = max(float(m), float(x))
+    old_sum = math.exp(float(m) - m_new) * float(ell)
+    new_term = math.exp(float(x) - m_new)
+    ell_new = old_sum + new_term
+    return (torch.tensor(m_new), torch.tensor(ell_new),
+            (old_sum * o + new_term * v) / ell_new)
 
 
 def reference_block_step(m, ell, acc, scores, v_block):
@@ -36,7 +45,7 @@ def reference_merge(out1, lse1, out2, lse2):
 
 REFERENCES = {
     "ch6.causal_blocks": reference_causal_blocks(**CAUSAL_BLOCKS_SETTING),
-    "ch6.online_update": reference_online_update,
+    "ch6.normalised_update": reference_normalised_update,
     "ch6.block_step": reference_block_step,
     "ch6.merge": reference_merge,
 }
@@ -49,32 +58,81 @@ def test_reference_answers_pass(name):
 
 def test_causal_blocks_feedback():
     right = REFERENCES["ch6.causal_blocks"]
-    assert_rejects("ch6.causal_blocks", {"computed": 32, "skipped": 32},
-                   "32 computed is not right: query block i sees the key blocks 0 to i")
-    assert_rejects("ch6.causal_blocks", dict(right, skipped=0), "64 tiles in all")
+    total = right["computed"] + right["skipped"]
+    assert total == 8 * 16
+    assert_accepts("ch6.causal_blocks", {key: float(n) for key, n in right.items()})
+    assert_rejects("ch6.causal_blocks", {"computed": 36, "skipped": total - 36},
+                   "the tiles are not square")
+    assert_rejects("ch6.causal_blocks", {"computed": 60, "skipped": total - 60},
+                   "60 computed is not right: query block r")
+    assert_rejects("ch6.causal_blocks", dict(right, skipped=0), f"{total} tiles in all")
+    assert_rejects("ch6.causal_blocks", {"computed": 500500, "skipped": 499500},
+                   "count tiles, not scores")
+    assert_rejects("ch6.causal_blocks", {"computed": 36.9, "skipped": 27.1}, "whole numbers")
     assert_rejects("ch6.causal_blocks", 36, "answer with a dict")
     assert_rejects("ch6.causal_blocks", {"computed": "many", "skipped": 1}, "whole numbers")
 
 
-def test_online_update_feedback():
-    def no_rescale(m, ell, x):
+def test_normalised_update_feedback():
+    def unnormalised(m, ell, o, x, v):  # FlashAttention-2's accumulator, never divided
         m_new = torch.maximum(m, x)
-        return m_new, ell + torch.exp(x - m_new)
+        c = torch.exp(m - m_new)
+        return m_new, c * ell + torch.exp(x - m_new), c * o + torch.exp(x - m_new) * v
 
-    def no_max(m, ell, x):
-        return torch.maximum(m, x), ell + torch.exp(x)
+    def no_rescale(m, ell, o, x, v):
+        m_new = torch.maximum(m, x)
+        ell_new = ell + torch.exp(x - m_new)
+        return m_new, ell_new, (ell * o + torch.exp(x - m_new) * v) / ell_new
 
-    def last_score_as_max(m, ell, x):
-        return x, reference_online_update(m, ell, x)[1]
+    def sign_flipped(m, ell, o, x, v):
+        m_new = torch.maximum(m, x)
+        ell_new = torch.exp(m_new - m) * ell + torch.exp(x - m_new)
+        return m_new, ell_new, o
 
-    assert_rejects("ch6.online_update", no_rescale,
-                   "ell after 2 score(s) has the right shape but not the right values")
-    assert_rejects("ch6.online_update", no_rescale, "rescaled by exp(m_old - m_new)")
-    assert_rejects("ch6.online_update", no_max, "ell overflowed")
-    assert_rejects("ch6.online_update", lambda m, ell, x: (x, ell), "ell = exp(x - m) = 1")
-    assert_rejects("ch6.online_update", last_score_as_max,
-                   "m after 3 score(s) (the running maximum)")
-    assert_rejects("ch6.online_update", lambda m, ell, x: m, "return the pair (m, ell)")
+    def old_maximum(m, ell, o, x, v):
+        m_new = torch.maximum(m, x)
+        return m_new, torch.exp(m - m_new) * ell + torch.exp(x - m), o
+
+    def no_shift(m, ell, o, x, v):
+        ell_new = ell + torch.exp(x)
+        return torch.maximum(m, x), ell_new, (ell * o + torch.exp(x) * v) / ell_new
+
+    def last_score_as_max(m, ell, o, x, v):
+        return (x, *reference_normalised_update(m, ell, o, x, v)[1:])
+
+    assert_rejects("ch6.normalised_update", unnormalised, "o after 2 key(s) of query 0")
+    assert_rejects("ch6.normalised_update", unnormalised, "o is normalised")
+    assert_rejects("ch6.normalised_update", no_rescale, "rescaled by exp(m - m')")
+    for wrong in (sign_flipped, old_maximum):
+        assert_rejects("ch6.normalised_update", wrong,
+                       "exp(m - m') with m = -inf must give 0")
+    assert_rejects("ch6.normalised_update", no_shift, "ell = exp(x - m') = 1")
+    assert_rejects("ch6.normalised_update", last_score_as_max,
+                   "m after 3 key(s) of query 0 has the right shape but not the right values")
+    assert_rejects("ch6.normalised_update", last_score_as_max, "max(m, x)")
+    assert_rejects("ch6.normalised_update", lambda m, ell, o, x, v: (m, ell),
+                   "return the triple (m, ell, o)")
+
+
+def test_normalised_update_overflow_names_the_large_scores():
+    def unshifted_output(m, ell, o, x, v):  # right in exact arithmetic, exp(800) = inf
+        m_new = torch.maximum(m, x)
+        ell_new = torch.exp(m - m_new) * ell + torch.exp(x - m_new)
+        return m_new, ell_new, (ell * torch.exp(m) * o + torch.exp(x) * v) / (
+            ell_new * torch.exp(m_new))
+
+    assert_rejects("ch6.normalised_update", unshifted_output, "of query 1")
+    assert_rejects("ch6.normalised_update", unshifted_output,
+                   "subtract the running maximum before taking exp")
+
+
+def test_normalised_update_accepts_python_numbers_for_m_and_ell():
+    def with_floats(m, ell, o, x, v):
+        m_new = max(float(m), float(x))
+        old, new = math.exp(float(m) - m_new) * float(ell), math.exp(float(x) - m_new)
+        return m_new, old + new, (old * o + new * v) / (old + new)
+
+    assert_accepts("ch6.normalised_update", with_floats)
 
 
 def test_block_step_feedback():
@@ -82,11 +140,17 @@ def test_block_step_feedback():
         m_new, ell_new, _ = reference_block_step(m, ell, acc, scores, v_block)
         return m_new, ell_new, acc + torch.exp(scores - m_new) @ v_block
 
+    def block_max_only(m, ell, acc, scores, v_block):  # consistent, but m is not the max
+        m_new = scores.max(dim=-1, keepdim=True).values
+        p, rescale = torch.exp(scores - m_new), torch.exp(m - m_new)
+        return m_new, rescale * ell + p.sum(-1, keepdim=True), rescale * acc + p @ v_block
+
     def ignores_the_old_state(m, ell, acc, scores, v_block):
         p = torch.exp(scores - scores.max(dim=-1, keepdim=True).values)
         return scores.max(dim=-1, keepdim=True).values, p.sum(-1, keepdim=True), p @ v_block
 
     assert_rejects("ch6.block_step", acc_not_rescaled, "acc after a later block")
+    assert_rejects("ch6.block_step", block_max_only, "m must be max(m, rowmax(scores))")
     assert_rejects("ch6.block_step", ignores_the_old_state, "after a later block")
     assert_rejects("ch6.block_step", lambda *a: a[:2], "return the triple (m, ell, acc)")
 
@@ -100,6 +164,18 @@ def test_merge_feedback():
         w1, w2 = torch.exp(lse1 - lse)[..., None], torch.exp(lse2 - lse)[..., None]
         return w1 * out1 + w2 * out2, lse
 
+    def unguarded_weights(out1, lse1, out2, lse2):
+        total = torch.exp(lse1) + torch.exp(lse2)
+        lse = torch.logaddexp(lse1, lse2)
+        return (torch.exp(lse1)[..., None] * out1 + torch.exp(lse2)[..., None] * out2) / total[
+            ..., None], lse
+
+    def unweighted(out1, lse1, out2, lse2):
+        return out1 + out2, torch.logaddexp(lse1, lse2)
+
     assert_rejects("ch6.merge", average, "lse with the keys split 4 + 5")
-    assert_accepts("ch6.merge", unguarded_sum)  # small scores: no overflow, and correct
+    assert_rejects("ch6.merge", unguarded_sum, "scores near 1000 overflowed to infinity")
+    assert_rejects("ch6.merge", unguarded_weights, "weight each part by exp(lse_part - lse)")
+    assert_rejects("ch6.merge", unguarded_weights, "scores near 1000")
+    assert_rejects("ch6.merge", unweighted, "weight each part by exp(lse_part - lse)")
     assert_rejects("ch6.merge", lambda *a: a[0], "return the pair (out, lse)")

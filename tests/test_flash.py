@@ -14,6 +14,7 @@ from attnlib.flash import (
     flash_steps,
     largest_block_q,
     naive_io,
+    naive_steps,
     online_attention,
     online_softmax,
     online_update,
@@ -282,7 +283,9 @@ def test_io_counts_match_a_walk_through_the_algorithms(n, d, block_q, block_k):
     s = q @ k.T
     p, o = s.softmax(-1), s @ v
     steps = [((q, k), (s,)), ((s,), (p,)), ((p, v), (o,))]  # inputs read, result written
-    assert naive_io(n, d) == sum(t.numel() for step in steps for part in step for t in part)
+    moved_per_step = [sum(t.numel() for part in step for t in part) for step in steps]
+    assert [moved for _, moved in naive_steps(n, d).values()] == moved_per_step
+    assert naive_io(n, d) == sum(moved_per_step)
     moved = 0
     for q_start in range(0, n, block_q):
         rows = min(block_q, n - q_start)
@@ -290,6 +293,20 @@ def test_io_counts_match_a_walk_through_the_algorithms(n, d, block_q, block_k):
         moved += sum(2 * min(block_k, n - k_start) * d for k_start in range(0, n, block_k))
         moved += rows * d  # write its output
     assert tiled_io(n, d, block_q) == moved
+
+
+def test_naive_steps_count_flops_as_pytorch_does_for_the_products():
+    n, d = 24, 8
+    q, k, v = (torch.randn(n, d) for _ in range(3))
+    counted = []
+    for product in (lambda: q @ k.T, lambda: torch.ones(n, n) @ v):
+        with FlopCounterMode(display=False) as counter:
+            product()
+        counted.append(counter.get_total_flops())
+    flops = [f for f, _ in naive_steps(n, d).values()]
+    assert [flops[0], flops[2]] == counted
+    scores = n * n
+    assert flops[1] == 5 * scores  # max, subtract, exp, sum, divide: one each per score
 
 
 @pytest.mark.parametrize(("memory", "d", "block_k"),

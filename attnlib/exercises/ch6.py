@@ -7,75 +7,141 @@ import torch
 from attnlib import flash
 from attnlib.exercises import Wrong, call, exercise, same_tensor
 
-#: The setting of the block-counting exercise: a causal mask over N tokens, square tiles.
-CAUSAL_BLOCKS_SETTING = {"N": 1000, "block": 128}
+#: The setting of the tile-counting exercise: a causal mask over N tokens, tiles of
+#: block_q queries by block_k keys (the last block of each side is shorter).
+CAUSAL_BLOCKS_SETTING = {"N": 1000, "block_q": 128, "block_k": 64}
+
+
+def _same_tensor_or_hint(got, expected, what, hint, **tolerances):
+    """same_tensor, with `hint` added when the shape is right but the values are not."""
+    try:
+        same_tensor(got, expected, what, **tolerances)
+    except Wrong as wrong:
+        if "not the right values" not in str(wrong):
+            raise
+        raise Wrong(f"{str(wrong)[:-1]}: {hint}.") from None
+
+
+def _whole_number(value):
+    """value as an int when it is a whole number (int, integral float, 0-d tensor), else None."""
+    if isinstance(value, (bool, str, bytes)):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    return int(number) if number.is_integer() else None
 
 
 @exercise("ch6.causal_blocks")
 def check_causal_blocks(answer):
-    n, block = CAUSAL_BLOCKS_SETTING["N"], CAUSAL_BLOCKS_SETTING["block"]
-    per_side = math.ceil(n / block)
-    computed = len(flash.block_schedule(n, n, block, block, is_causal=True))
-    expected = {"computed": computed, "skipped": per_side**2 - computed}
+    n, block_q, block_k = (CAUSAL_BLOCKS_SETTING[key] for key in ("N", "block_q", "block_k"))
+    query_blocks, key_blocks = math.ceil(n / block_q), math.ceil(n / block_k)
+    total = query_blocks * key_blocks
+    schedule = flash.block_schedule(n, n, block_q, block_k, is_causal=True)
+    expected = {"computed": len(schedule), "skipped": total - len(schedule)}
     if not isinstance(answer, dict) or set(answer) != set(expected):
         raise Wrong("answer with a dict {'computed': ..., 'skipped': ...}, "
                     f"got {answer!r}.")
-    try:
-        got = {key: int(value) for key, value in answer.items()}
-    except (TypeError, ValueError):
-        raise Wrong(f"the counts should be whole numbers, got {answer!r}.") from None
-    if got["computed"] + got["skipped"] != per_side**2:
-        raise Wrong(f"there are {per_side} blocks per side ({n} / {block}, rounded up), so "
-                    f"{per_side**2} tiles in all, but yours add up to "
-                    f"{got['computed'] + got['skipped']}.")
+    got = {key: _whole_number(value) for key, value in answer.items()}
+    if None in got.values():
+        raise Wrong("the counts should be whole numbers of tiles, got "
+                    f"computed = {answer['computed']!r} and skipped = {answer['skipped']!r}.")
+    if got["computed"] in (n * (n + 1) // 2, n * (n - 1) // 2) or sum(got.values()) == n * n:
+        raise Wrong(f"count tiles, not scores: a tile is a block of {block_q} queries by "
+                    f"{block_k} keys, and it is computed or skipped as a whole.")
+    if sum(got.values()) != total:
+        raise Wrong(f"there are {query_blocks} query blocks ({n} / {block_q}, rounded up) and "
+                    f"{key_blocks} key blocks ({n} / {block_k}, rounded up), so {total} tiles "
+                    f"in all, but yours add up to {sum(got.values())}.")
     if got != expected:
-        raise Wrong(f"{got['computed']} computed is not right: query block i sees the key "
-                    "blocks 0 to i, the diagonal one included, so count 1 + 2 + ... for "
-                    f"the {per_side} query blocks.")
-    return (f"{computed} of {per_side**2} tiles are computed ({per_side} of them masked, on "
-            f"the diagonal): a causal mask saves almost half of the work.")
+        square = [t * (t + 1) // 2 for t in (query_blocks, key_blocks)]
+        hint = (f"the tiles are not square, so the diagonal crosses {block_q // block_k} key "
+                f"blocks of {block_k} in each query block of {block_q}; "
+                if got["computed"] in square else "")
+        raise Wrong(f"{got['computed']} computed is not right: {hint}query block r (queries "
+                    f"{block_q}r to {block_q}r + {block_q - 1}) sees every key block whose "
+                    "first key is at most its last query; count them for each query block "
+                    f"(the last one ends at query {n - 1}).")
+    masked = sum(block.masked for block in schedule)
+    return (f"{expected['computed']} of {total} tiles are computed ({masked} of them masked, "
+            f"crossed by the diagonal) and {expected['skipped']} skipped: close to half, as "
+            "with square tiles.")
 
 
-def _reference_stream(rows):
-    """(m, ell) after each score of `rows` (R, n), in float64 with plain Python."""
-    states = []
-    for j in range(rows.shape[1]):
-        seen = rows[:, : j + 1].double()
-        m = seen.max(dim=1).values
-        states.append((m, torch.exp(seen - m[:, None]).sum(dim=1)))
-    return states
+# --- FlashAttention-1's update: the output kept normalised ------------------------------
+
+#: The three queries streamed through the update, one score at a time (the second one's
+#: scores overflow exp in float32 unless the running maximum is subtracted first).
+NORMALISED_UPDATE_SCORES = [[1.0, 3.0, 2.0, 5.0, 0.0],
+                            [800.0, 805.0, 790.0, 810.0, 809.0],
+                            [-2.0, -1.0, -3.0, -0.5, -4.0]]
 
 
-@exercise("ch6.online_update")
-def check_online_update(my_online_update):
-    rows = torch.tensor([[1.0, 3.0, 2.0, 5.0, 0.0],
-                         [800.0, 805.0, 790.0, 810.0, 809.0],   # exp alone would overflow
-                         [-2.0, -1.0, -3.0, -0.5, -4.0]])
-    m = torch.full((3,), -math.inf)
-    ell = torch.zeros(3)
-    for j, (expected_m, expected_ell) in enumerate(_reference_stream(rows)):
-        scores = ", ".join(f"{x:g}" for x in rows[1, : j + 1].tolist())
-        got = call(my_online_update, m, ell, rows[:, j],
-                   called_with=f"m, ell and the next scores {rows[:, j].tolist()}")
-        if not isinstance(got, (tuple, list)) or len(got) != 2:
-            raise Wrong(f"return the pair (m, ell), got {type(got).__name__}.")
-        m, ell = got
-        same_tensor(m, expected_m.float(),
-                    f"m after {j + 1} score(s) (the running maximum)")
-        if isinstance(ell, torch.Tensor) and not torch.isfinite(ell).all():
-            raise Wrong(f"ell overflowed after the scores {scores} of the second row: subtract "
-                        "the running maximum before taking exp.")
-        try:
-            same_tensor(ell, expected_ell.float(), f"ell after {j + 1} score(s)", rtol=1e-5)
-        except Wrong as wrong:
-            hint = ("after the first score, ell = exp(x - m) = 1" if j == 0 else
-                    "when the maximum grows, the old sum must be rescaled by exp(m_old - m_new)")
-            raise Wrong(f"{str(wrong)[:-1]}: {hint}.") from None
-    return "two numbers per row are all the state a softmax needs, whatever the length."
+def _as_tensor(value):
+    """A Python number becomes a 0-d float32 tensor (math.exp returns floats); else as is."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return torch.tensor(float(value))
+    return value
 
 
-def _state(batch, rows, d_v, gen):
-    m = torch.randn(batch, rows, 1, generator=gen, dtype=torch.float64)
+def _non_finite_hint(what, t, query, scores):
+    seen = ", ".join(f"{x:g}" for x in scores[:t])
+    where = f"{what} is not finite after the score(s) {seen} of query {query}"
+    if max(scores[:t]) > 80:  # exp overflows float32 above 88
+        return f"{where}: subtract the running maximum before taking exp."
+    if t == 1:
+        return (f"{where}: exp(m - m') with m = -inf must give 0, so check the sign of the "
+                "exponent and that it uses the new maximum m'.")
+    return (f"{where}: with m' the new maximum, exp(m - m') and exp(x - m') are at most 1, "
+            "so nothing should overflow.")
+
+
+@exercise("ch6.normalised_update")
+def check_normalised_update(my_normalised_update):
+    gen = torch.Generator().manual_seed(6)
+    for query, scores in enumerate(NORMALISED_UPDATE_SCORES):
+        values = torch.randn(len(scores), 3, generator=gen)
+        m, ell, o = torch.tensor(-math.inf), torch.tensor(0.0), torch.zeros(3)
+        for t in range(1, len(scores) + 1):
+            x = torch.tensor(scores[t - 1])
+            got = call(my_normalised_update, m, ell, o, x, values[t - 1],
+                       called_with=f"query {query}'s score {scores[t - 1]:g} (key {t})")
+            if not isinstance(got, (tuple, list)) or len(got) != 3:
+                raise Wrong(f"return the triple (m, ell, o), got {type(got).__name__}.")
+            m, ell, o = (_as_tensor(part) for part in got)
+            seen = torch.tensor(scores[:t], dtype=torch.float64)
+            expected_m = seen.max()
+            weights = torch.exp(seen - expected_m)
+            expected_ell = weights.sum()
+            expected_o = (weights / expected_ell) @ values[:t].double()
+            after = f"after {t} key(s) of query {query}"
+            _same_tensor_or_hint(m, expected_m.float(), f"m {after}",
+                                 "m is the largest score so far, max(m, x)")
+            for name, got_part, expected_part in (("ell", ell, expected_ell),
+                                                  ("o", o, expected_o)):
+                if isinstance(got_part, torch.Tensor) and not torch.isfinite(got_part).all():
+                    raise Wrong(_non_finite_hint(name, t, query, scores))
+                if name == "ell":
+                    hint = ("after the first key, ell = exp(x - m') = 1" if t == 1 else
+                            "when the maximum grows, the old sum must be rescaled by "
+                            "exp(m - m')")
+                else:
+                    hint = ("after the first key, o is that key's value v (its weight is 1)"
+                            if t == 1 else
+                            "o is normalised, so the old output carries the weight "
+                            "exp(m - m') ell / ell' in the new one and v the weight "
+                            "exp(x - m') / ell'")
+                _same_tensor_or_hint(got_part, expected_part.float(), f"{name} {after}", hint)
+    return ("this is FlashAttention-1's update: it divides by ell at every step, where "
+            "FlashAttention-2 keeps the output unnormalised and divides once at the end.")
+
+
+# --- one block step --------------------------------------------------------------------
+
+
+def _state(batch, rows, d_v, gen, m_offset=0.0):
+    m = torch.randn(batch, rows, 1, generator=gen, dtype=torch.float64) + m_offset
     ell = torch.rand(batch, rows, 1, generator=gen, dtype=torch.float64) + 1
     return m, ell, torch.randn(batch, rows, d_v, generator=gen, dtype=torch.float64)
 
@@ -83,45 +149,65 @@ def _state(batch, rows, d_v, gen):
 @exercise("ch6.block_step")
 def check_block_step(my_block_step):
     gen = torch.Generator().manual_seed(6)
-    scores = torch.randn(2, 4, 10, generator=gen, dtype=torch.float64) * 3
-    v = torch.randn(2, 10, 3, generator=gen, dtype=torch.float64)
+    scores = torch.randn(2, 4, 14, generator=gen, dtype=torch.float64) * 3
+    v = torch.randn(2, 14, 3, generator=gen, dtype=torch.float64)
     m0 = torch.full((2, 4, 1), -math.inf, dtype=torch.float64)
     first = (m0, torch.zeros_like(m0), torch.zeros(2, 4, 3, dtype=torch.float64))
     cases = [("the first block (m = -inf, ell = 0, acc = 0) with scores (2, 4, 6)", first,
               scores[..., :6], v[:, :6]),
-             ("a later block with scores (2, 4, 4)", _state(2, 4, 3, gen), scores[..., 6:],
-              v[:, 6:])]
+             ("a later block with scores (2, 4, 4)", _state(2, 4, 3, gen), scores[..., 6:10],
+              v[:, 6:10]),
+             ("a later block whose scores all lie below the old maximum m (about 30)",
+              _state(2, 4, 3, gen, m_offset=30.0), scores[..., 10:], v[:, 10:])]
     for description, state, s_block, v_block in cases:
         args = [t.clone() for t in (*state, s_block, v_block)]
         got = call(my_block_step, *args, called_with=description)
         if not isinstance(got, (tuple, list)) or len(got) != 3:
             raise Wrong(f"return the triple (m, ell, acc), got {type(got).__name__}.")
         expected = flash.block_step(*(t.clone() for t in (*state, s_block, v_block)))
-        for name, g, e in zip(("m", "ell", "acc"), got, expected, strict=True):
+        _same_tensor_or_hint(got[0], expected[0], f"m after {description}",
+                             "m must be max(m, rowmax(scores)), the old maximum included")
+        for name, g, e in zip(("ell", "acc"), got[1:], expected[1:], strict=True):
             same_tensor(g, e, f"{name} after {description}")
     return "rescale the old state by exp(m_old - m_new), then add the new block's share."
 
 
-def _parts(gen, n_keys_first):
+# --- merging partial results -----------------------------------------------------------
+
+
+def _parts(gen, n_keys_first, shift=0.0):
+    """(out, lse) of attention over all 9 keys, over the first n_keys_first, and over the
+    rest; every score raised by `shift` (through an extra dimension of q and k)."""
     q = torch.randn(2, 5, 4, generator=gen, dtype=torch.float64)
-    k, v = torch.randn(2, 9, 4, generator=gen, dtype=torch.float64), torch.randn(
-        2, 9, 3, generator=gen, dtype=torch.float64)
-    whole = flash.flash_attention(q, k, v, return_lse=True)
-    first = flash.flash_attention(q, k[:, :n_keys_first], v[:, :n_keys_first], return_lse=True)
-    second = flash.flash_attention(q, k[:, n_keys_first:], v[:, n_keys_first:],
-                                   return_lse=True)
-    return whole, first, second
+    k = torch.randn(2, 9, 4, generator=gen, dtype=torch.float64)
+    v = torch.randn(2, 9, 3, generator=gen, dtype=torch.float64)
+    q = torch.cat([q / 2, torch.ones(2, 5, 1, dtype=torch.float64)], dim=-1)
+    k = torch.cat([k, torch.full((2, 9, 1), shift, dtype=torch.float64)], dim=-1)
+
+    def attend(keys):
+        return flash.flash_attention(q, k[:, keys], v[:, keys], scale=1.0, return_lse=True)
+
+    return (attend(slice(None)), attend(slice(None, n_keys_first)),
+            attend(slice(n_keys_first, None)))
 
 
 @exercise("ch6.merge")
 def check_merge(my_merge):
     gen = torch.Generator().manual_seed(7)
-    for n_first, description in [(4, "keys split 4 + 5"), (9, "keys split 9 + 0 (no keys)")]:
-        (out, lse), (out1, lse1), (out2, lse2) = _parts(gen, n_first)
+    for n_first, shift, description in [(4, 0.0, "keys split 4 + 5"),
+                                        (9, 0.0, "keys split 9 + 0 (no keys)"),
+                                        (4, 1000.0, "keys split 4 + 5, scores near 1000")]:
+        (out, lse), (out1, lse1), (out2, lse2) = _parts(gen, n_first, shift)
         got = call(my_merge, out1, lse1, out2, lse2, called_with=description)
         if not isinstance(got, (tuple, list)) or len(got) != 2:
             raise Wrong(f"return the pair (out, lse), got {type(got).__name__}.")
+        if isinstance(got[1], torch.Tensor) and (got[1] == math.inf).any():
+            raise Wrong(f"lse with the {description} overflowed to infinity: add the two "
+                        "normalisers in log space, with torch.logaddexp or by subtracting "
+                        "the larger lse before exp.")
         same_tensor(got[1], lse, f"lse with the {description}")
-        same_tensor(got[0], out, f"the output with the {description}")
+        _same_tensor_or_hint(got[0], out, f"the output with the {description}",
+                             "weight each part by exp(lse_part - lse), its share of the "
+                             "whole normaliser")
     return ("each part's output is weighted by its share of the normaliser, exp(lse_part - "
             "lse): this is how a long sequence is split across processors.")
