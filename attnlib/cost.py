@@ -6,9 +6,10 @@ instead), against the memory of real GPUs in `GPU_MEMORY`.
 
 Measuring: `measure` times a function with torch.utils.benchmark and takes its peak
 memory with `peak_memory`, size after size; `fit_exponent` reads the power law off the
-result; `counted_flops` counts the FLOPs a function really runs, and `cpu_op_times`
-says which of torch's operators the time went to.  `python -m attnlib.cost` prints the
-time exponent and the memory agreement of naive attention on this machine.
+result; `counted_flops` counts the FLOPs a function really runs, `cpu_op_times` says
+which of torch's operators the time went to, and `page_faults` what a call cost the
+operating system (fresh pages of memory, kernel time).  `python -m attnlib.cost` prints
+the time exponent and the memory agreement of naive attention on this machine.
 
 Memory is measured where torch allocates it: on CUDA with torch.cuda's peak counters,
 on the CPU from the allocations and frees that torch's profiler records (tracemalloc
@@ -16,7 +17,8 @@ cannot see them, and the process's resident size mixes in Python and allocator c
 
 Two attention variants for the experiments: `inplace_attention` holds one N x N matrix
 where chapter 2's clear version holds three, and `sliding_window_attention` holds
-N x 2*window scores, so its cost grows linearly in N.
+N x 2*window scores (three such, with chapter 2's softmax), so its cost grows linearly
+in N.
 """
 
 import contextlib
@@ -32,13 +34,18 @@ import torch.nn.functional as F
 from attnlib._checks import require_positive_int
 from attnlib.attention import additive_mask, softmax, validate_qkv
 
-#: Bytes in a gigabyte, as GPU vendors count them (1 GiB = 2**30 bytes is 7% more).
+#: Bytes in a gigabyte, the decimal unit used for every size in this module
+#: (1 GiB = 2**30 bytes is 7% more).
 GB = 10**9
 
-#: Memory of three GPUs in bytes, from the vendors' specification pages:
+#: Nominal memory of three GPUs, the round numbers of the vendors' specification pages,
+#: taken here as decimal GB:
 #: T4 https://www.nvidia.com/en-us/data-center/tesla-t4/ (16 GB),
 #: A100 https://www.nvidia.com/en-us/data-center/a100/ (80 GB model),
 #: H200 https://www.nvidia.com/en-us/data-center/h200/ (141 GB).
+#: They are not exact byte counts: nvidia-smi reports an A100 80GB as 81,920 MiB
+#: (80 GiB, 85.9 GB) and a T4 as 15,360 MiB, and the driver keeps some for itself, so
+#: what a program can use differs from these by a few percent (up to about 7%).
 GPU_MEMORY = {"T4": 16 * GB, "A100 80GB": 80 * GB, "H200": 141 * GB}
 
 
@@ -286,6 +293,43 @@ def cpu_op_times(fn, runs=3):
     return dict(sorted(((op, t) for op, t in times.items() if t > 0), key=lambda item: -item[1]))
 
 
+class PageFaults(NamedTuple):
+    """What one call cost the operating system, from `page_faults`."""
+
+    faults: float  #: minor page faults: pages of memory the OS supplied on first touch
+    kernel_seconds: float  #: CPU time spent in the OS kernel, all threads together
+    cpu_seconds: float  #: all CPU time, user and kernel, all threads together
+    page_bytes: int  #: the system's page size (a fault may map a larger "huge" page)
+
+
+def page_faults(fn, runs=3):
+    """Page faults and CPU time per call of `fn()`, the mean of `runs` calls after one
+    warm-up call, from the operating system's counters for this process (getrusage).
+
+    A minor page fault is a page (4 KiB on most systems) that the OS maps into the
+    process, cleared, the first time it is touched: the cost of memory newly obtained
+    from the OS rather than reused.  Returns a `PageFaults(faults, kernel_seconds,
+    cpu_seconds, page_bytes)`, or None where Python's `resource` module does not exist
+    (Windows).
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    require_positive_int("runs", runs)
+    try:
+        import resource
+    except ImportError:
+        return None
+    fn()
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    for _ in range(runs):
+        fn()
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    kernel = after.ru_stime - before.ru_stime
+    user = after.ru_utime - before.ru_utime
+    return PageFaults((after.ru_minflt - before.ru_minflt) / runs, kernel / runs,
+                      (kernel + user) / runs, resource.getpagesize())
+
+
 def attention_inputs(n, d=64, heads=1, batch=1, dtype=torch.float32, device="cpu", seed=0):
     """Random q, k, v of shape (batch, heads, n, d), standard normal, the same for a seed
     whatever the device."""
@@ -396,7 +440,7 @@ def fit_exponent(sizes, values):
     return sum((a - x_mean) * (b - y_mean) for a, b in zip(x, y, strict=True)) / spread
 
 
-def main(sizes=(2048, 4096, 8192)):
+def main(sizes=(4096, 6144, 8192)):
     """`python -m attnlib.cost`: on this machine's CPU, the fitted time exponent of naive
     attention (chapter 2's) and how its peak memory agrees with 3 * score_matrix_bytes."""
     from attnlib.attention import scaled_dot_product_attention

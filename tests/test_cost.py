@@ -1,4 +1,6 @@
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from attnlib.cost import (
     inplace_attention,
     kv_cache_bytes,
     measure,
+    page_faults,
     peak_memory,
     projection_flops,
     score_matrix_bytes,
@@ -383,3 +386,39 @@ def test_sliding_window_computes_linearly_many_flops():
 
     # each block of 16 queries meets 32 keys: 2 products of N x 32 x 8 multiply-adds
     assert flops(256) == 2 * 2 * 256 * 32 * 8 and flops(512) == 2 * flops(256)
+
+
+def transparent_huge_pages_always():
+    try:
+        return "[always]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or transparent_huge_pages_always(),
+                    reason="counts 4 KiB pages as Linux without always-on huge pages gives them")
+def test_page_faults_count_the_pages_of_memory_fresh_from_the_os():
+    import resource
+
+    n_bytes = 64 * MB  # above glibc's largest mmap threshold (32 MiB): mapped afresh each call
+    pages = n_bytes // resource.getpagesize()
+    fresh = page_faults(lambda: torch.ones(n_bytes // 4))
+    assert fresh.page_bytes == resource.getpagesize()
+    assert pages <= fresh.faults <= pages * 1.05
+    buffer = torch.empty(n_bytes // 4)
+    reused = page_faults(lambda: buffer.fill_(1.0), runs=2)
+    assert reused.faults < pages / 100
+    for counts in (fresh, reused):
+        assert 0 <= counts.kernel_seconds <= counts.cpu_seconds
+
+
+def test_page_faults_is_none_without_the_resource_module(monkeypatch):
+    monkeypatch.setitem(sys.modules, "resource", None)  # as on Windows: import fails
+    assert page_faults(lambda: None) is None
+
+
+def test_page_faults_rejects_bad_arguments():
+    with pytest.raises(TypeError, match="fn must be callable, got int"):
+        page_faults(3)
+    with pytest.raises(ValueError, match="runs must be >= 1, got 0"):
+        page_faults(lambda: None, runs=0)

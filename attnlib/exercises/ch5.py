@@ -13,10 +13,12 @@ from attnlib.exercises import Wrong, call, exercise
 DOUBLING_SETTING = {"n": 4096, "d": 64, "d_model": 64, "dtype": torch.float32}
 
 _DOUBLING_HINTS = {
-    "attention_flops": "Q K^T and A V each take N x N dot products",
-    "projection_flops": "each token is projected on its own, so the work is linear in N",
-    "score_bytes": "the score matrix has N x N entries",
-    "kv_cache_bytes": "the cache holds one key and one value per token, linear in N",
+    "attention_flops": "Q K^T and A V take one dot product per (query, key) pair: how many "
+                       "pairs does twice the text have?",
+    "projection_flops": "each token is projected on its own: how many projections does twice "
+                        "the text need?",
+    "score_bytes": "the matrix holds one entry per (query, key) pair",
+    "kv_cache_bytes": "the cache holds one key and one value per token",
 }
 
 
@@ -36,18 +38,21 @@ def doubling_factors(n, d, d_model, dtype):
 def check_doubling(answer):
     expected = doubling_factors(**DOUBLING_SETTING)
     if not isinstance(answer, dict):
-        raise Wrong(f"answer with a dict such as {{'attention_flops': 2, ...}}, "
-                    f"got {type(answer).__name__}.")
+        raise Wrong(f"answer with a dict such as {{'attention_flops': ..., ...}} (one factor "
+                    f"per key), got {type(answer).__name__}.")
     missing = [key for key in expected if key not in answer]
     if missing:
         raise Wrong(f"the dict needs the keys {', '.join(expected)}; missing {', '.join(missing)}.")
-    for key, factor in expected.items():
+    for key in expected:
         got = answer[key]
         if isinstance(got, bool) or not isinstance(got, numbers.Real):
             raise Wrong(f"{key} should be a number (the factor), got {got!r}.")
-        if not math.isclose(got, factor):
-            raise Wrong(f"{key} grows by a factor of {factor:g}, not {got:g}: "
-                        f"{_DOUBLING_HINTS[key]}.")
+    wrong = [f"{key} does not grow by {answer[key]:g} ({_DOUBLING_HINTS[key]})"
+             for key, factor in expected.items() if not math.isclose(answer[key], factor)]
+    if wrong:
+        verb = "is" if len(wrong) == 1 else "are"
+        raise Wrong(f"{len(wrong)} of the {len(expected)} factors {verb} not right yet: "
+                    f"{'; '.join(wrong)}.")
     return ("twice the tokens: 4 times the attention work and score memory, "
             "but only twice the projections and the KV cache.")
 
@@ -70,15 +75,26 @@ def check_fit_exponent(my_fit_exponent):
     for description, sizes, values in cases:
         got = call(my_fit_exponent, list(sizes), list(values), called_with=description)
         expected = cost.fit_exponent(sizes, values)
-        if isinstance(got, torch.Tensor) and got.numel() == 1:
-            got = got.item()
+        kind = type(got).__name__
+        if hasattr(got, "tolist") and hasattr(got, "shape"):  # a torch tensor or numpy array
+            got = got.tolist()
+        if isinstance(got, list) and len(got) == 1:
+            got = got[0]
+        if isinstance(got, (list, tuple)) and len(got) == 2:
+            raise Wrong(f"you returned a {kind} of two numbers, the line's slope and intercept "
+                        "(as np.polyfit does): return the slope alone, its element [0].")
         if isinstance(got, bool) or not isinstance(got, numbers.Real):
-            raise Wrong(f"return the exponent as one number, got {type(got).__name__}.")
+            raise Wrong(f"return the exponent as one number, got {kind}.")
         if not math.isclose(got, expected, rel_tol=1e-6):
             endpoints = math.log(values[-1] / values[0]) / math.log(sizes[-1] / sizes[0])
-            hint = ("you took the slope between the first and last points: fit a least-squares "
-                    "line through all of them" if math.isclose(got, endpoints, rel_tol=1e-6)
-                    else "fit a straight line to (log size, log value) and return its slope")
+            if math.isclose(got, endpoints, rel_tol=1e-6):
+                hint = ("you took the slope between the first and last points: fit a "
+                        "least-squares line through all of them")
+            elif math.isclose(got, cost.fit_exponent(values, sizes), rel_tol=1e-6):
+                hint = ("you fitted log size against log value: the size goes on the x axis, "
+                        "the value on the y axis")
+            else:
+                hint = "fit a straight line to (log size, log value) and return its slope"
             raise Wrong(f"for {description} the exponent is {expected:.4f}, "
                         f"but yours is {got:.4g}: {hint}.")
     return "a power law is a straight line on log-log axes, and its slope is the exponent."
@@ -87,6 +103,27 @@ def check_fit_exponent(my_fit_exponent):
 def window_flops_reference(n, d, window):
     """4 d FLOPs for each (query, visible key) pair: query i sees min(i + 1, window) keys."""
     return 4 * d * sum(min(i + 1, window) for i in range(n))
+
+
+def _window_flops_mistakes(n, d, window):
+    """Typical wrong answers for these arguments, each with what it missed."""
+    pairs = sum(min(i + 1, window) for i in range(n))
+    return [
+        (4 * d * (n * window - window * (window - 1) // 2),
+         "the closed form N w - w (w - 1) / 2 holds only for N >= w; when the window is longer "
+         "than the text, no query sees more than N keys: use m = min(N, w) in place of w"),
+        (4 * d * sum(min(i, window) for i in range(n)),
+         "query i sees itself too: min(i + 1, window) keys, not min(i, window)"),
+        (2 * d * pairs,
+         "each visible pair costs two products of length d (the score and the weighted sum), "
+         "so 4 d FLOPs, not 2 d"),
+        (4 * n * d * window, "the first queries see fewer than window keys"),
+        (8 * n * d * window,
+         "that is what the blocked computation does (each query meets 2 window keys, half of "
+         "them masked): count only the keys a query can see"),
+        (2 * d * n * (n + 1), "that is full causal attention: query i sees at most window keys"),
+        (2 * n * n * d, "that is about full causal attention: query i sees at most window keys"),
+    ]
 
 
 @exercise("ch5.window_flops")
@@ -98,11 +135,12 @@ def check_window_flops(window_flops):
         if isinstance(got, bool) or not isinstance(got, numbers.Real):
             raise Wrong(f"return the number of FLOPs, got {type(got).__name__}.")
         if got != expected:
-            hint = ("the first queries see fewer than window keys"
-                    if got == 4 * n * d * window else
-                    "count 4 d FLOPs for each query and each key it can see")
+            hint = next((hint for mistake, hint in _window_flops_mistakes(n, d, window)
+                         if got == mistake != expected),
+                        "count 4 d FLOPs for each query and each key it can see")
             raise Wrong(f"for {setting} expected {expected:,} FLOPs, got {got:,}: {hint}.")
     n, d, window = 131072, 128, 4096
     saving = cost.attention_flops(n, d, causal=True) / window_flops_reference(n, d, window)
     return (f"about 4 N w d, linear in N: at N = {n:,} a window of {window:,} needs "
-            f"{saving:.1f} times fewer FLOPs than full causal attention.")
+            f"{saving:.1f} times fewer FLOPs than full causal attention "
+            f"(cost.attention_flops(N, d, causal=True)).")
