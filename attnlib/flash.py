@@ -33,10 +33,11 @@ import torch
 from attnlib._checks import require_positive_int, require_tensor
 from attnlib.attention import _broadcast_batch, _check_scale, validate_qkv
 
-#: Default block sizes, chosen by measurement on a 2-core CPU (float32, 8 heads, d = 64):
-#: 256 x 256 was among the fastest for full attention and the fastest with a causal mask
+#: Default block sizes, chosen by measurement on a 2-core CPU (float32, 8 heads, d = 64,
+#: N = 4096): 512 x 256 was the fastest full attention of the sizes that stay close to
+#: the best with a causal mask, where smaller query blocks skip more work
 #: (`python -m attnlib.benchmark --sweep-blocks` measures them again).
-BLOCK_Q = 256
+BLOCK_Q = 512
 BLOCK_K = 256
 
 
@@ -187,16 +188,16 @@ def block_schedule(n_q, n_k, block_q, block_k, is_causal=False):
                                      is_causal)]
 
 
-def _scores(q, k, block):
-    """The tile's scores Q_r K_c^T (q already scaled), with -inf where the mask hides a key."""
+def _scores(q, k, block, out=None):
+    """The tile's scores Q_r K_c^T (q already scaled), with -inf where the mask hides a key,
+    written into `out` when given (a buffer reused from tile to tile)."""
     q_block, k_block = q[:, block.q_start:block.q_end], k[:, block.k_start:block.k_end]
-    if not block.masked:
-        return torch.bmm(q_block, k_block.mT)
-    # key k_start + c is hidden from query q_start + r when c - r > q_start - k_start
-    hidden = torch.ones(q_block.shape[1], k_block.shape[1], dtype=torch.bool, device=q.device)
-    bias = torch.zeros(hidden.shape, dtype=q.dtype, device=q.device).masked_fill_(
-        hidden.triu(block.q_start - block.k_start + 1), -math.inf)
-    return torch.baddbmm(bias, q_block, k_block.mT)  # bias + Q K^T in one product
+    scores = torch.bmm(q_block, k_block.mT, out=out)
+    if block.masked:
+        # key k_start + c is hidden from query q_start + r when c - r > q_start - k_start
+        hidden = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device)
+        scores.masked_fill_(hidden.triu(block.q_start - block.k_start + 1), -math.inf)
+    return scores
 
 
 def _forward(q, k, v, scale, is_causal, block_q, block_k):
@@ -204,13 +205,15 @@ def _forward(q, k, v, scale, is_causal, block_q, block_k):
     batch, n_q, n_k, d_v = q.shape[0], q.shape[1], k.shape[1], v.shape[-1]
     q = q * scale  # once here rather than on every tile of scores
     out, lse = q.new_empty(batch, n_q, d_v), q.new_empty(batch, n_q)
+    tile = q.new_empty(batch, min(block_q, n_q), min(block_k, n_k))  # reused by full tiles
     for q_start in range(0, n_q, block_q):
         q_end = min(q_start + block_q, n_q)
         m = q.new_full((batch, q_end - q_start, 1), -math.inf)
         ell, acc = torch.zeros_like(m), q.new_zeros(batch, q_end - q_start, d_v)
         for block in _key_blocks(q_start, q_end, n_k, block_k, is_causal):
-            m, ell, acc = block_step(m, ell, acc, _scores(q, k, block),
-                                   v[:, block.k_start:block.k_end])
+            shape = (batch, q_end - q_start, block.k_end - block.k_start)
+            scores = _scores(q, k, block, out=tile if tile.shape == shape else None)
+            m, ell, acc = block_step(m, ell, acc, scores, v[:, block.k_start:block.k_end])
         out[:, q_start:q_end] = acc / _nonzero(ell)
         lse[:, q_start:q_end] = (m + torch.log(ell)).squeeze(-1)  # -inf for a row with no key
     return out, lse
