@@ -37,7 +37,7 @@ def test_reference_answers_pass(name):
 def test_shapes_feedback_names_the_wrong_shape_and_why():
     wrong = dict(REFERENCES["ch1.shapes"], S=(5, 3))
     assert_rejects("ch1.shapes", wrong, "S has shape (5, 5), not (5, 3): S compares every query")
-    assert_rejects("ch1.shapes", {"Q": (5, 3)}, "missing K, V, S")
+    assert_rejects("ch1.shapes", {"Q": (5, 3)}, "missing 'K', 'V', 'S'")
     assert_rejects("ch1.shapes", dict(wrong, V=(5, 3)), "gets a value of width d_v")
 
 

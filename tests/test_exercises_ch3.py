@@ -51,7 +51,7 @@ def test_visible_pairs_feedback():
                    "causal allows 55 pairs, not 50: query i sees keys 0..i")
     assert_rejects("ch3.visible_pairs", dict(right, sliding_window=30),
                    "sliding_window allows 27 pairs, not 30: query i sees min(i + 1, 3) keys")
-    assert_rejects("ch3.visible_pairs", {"causal": 55}, "missing sliding_window")
+    assert_rejects("ch3.visible_pairs", {"causal": 55}, "missing 'sliding_window'")
     assert_rejects("ch3.visible_pairs", dict(right, causal=55.5), "whole number")
     assert_rejects("ch3.visible_pairs", dict(right, causal="55"), "whole number")
     assert_accepts("ch3.visible_pairs", {k: float(v) for k, v in right.items()})

@@ -45,7 +45,7 @@ def test_doubling_feedback_names_every_wrong_factor_without_giving_it_away():
     assert "factor of" not in verdict.message
     assert_rejects("ch5.doubling", dict(answer, attention_flops=2),
                    "1 of the 4 factors is not right yet: attention_flops does not grow by 2")
-    assert_rejects("ch5.doubling", {"attention_flops": 4}, "missing projection_flops")
+    assert_rejects("ch5.doubling", {"attention_flops": 4}, "missing 'projection_flops'")
     assert_rejects("ch5.doubling", dict(answer, attention_flops="4"),
                    "attention_flops should be a number")
     assert_rejects("ch5.doubling", [4, 2, 4, 2], "{'attention_flops': ..., ...}")

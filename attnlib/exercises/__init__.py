@@ -105,6 +105,17 @@ def call(fn, *args, called_with):
                     f"when called with {called_with}.") from None
 
 
+def require_keys(answer, keys, example):
+    """Raise Wrong unless `answer` is a dict holding every one of `keys`; `example` shows
+    the expected form in the feedback."""
+    if not isinstance(answer, dict):
+        raise Wrong(f"answer with a dict such as {example}, got {type(answer).__name__}.")
+    missing = [key for key in keys if key not in answer]
+    if missing:
+        raise Wrong(f"the dict needs the keys {', '.join(map(repr, keys))}; missing "
+                    f"{', '.join(map(repr, missing))}.")
+
+
 def shape_text(shape):
     return "(" + ", ".join(str(s) for s in shape) + ")"
 

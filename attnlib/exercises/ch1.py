@@ -3,7 +3,7 @@
 import torch
 
 from attnlib import projections
-from attnlib.exercises import Wrong, call, exercise, same_tensor, shape_text
+from attnlib.exercises import Wrong, call, exercise, require_keys, same_tensor, shape_text
 
 #: The setting of the shape-prediction exercise.
 SHAPES_SETTING = {"N": 5, "d_model": 8, "d_k": 3, "d_v": 4}
@@ -27,12 +27,7 @@ def expected_shapes(N, d_model, d_k, d_v):
 @exercise("ch1.shapes")
 def check_shapes(answer):
     expected = expected_shapes(**SHAPES_SETTING)
-    if not isinstance(answer, dict):
-        raise Wrong("answer with a dict such as {'Q': (5, 3), ...}, "
-                    f"got {type(answer).__name__}.")
-    missing = [key for key in expected if key not in answer]
-    if missing:
-        raise Wrong(f"the dict needs the keys {', '.join(expected)}; missing {', '.join(missing)}.")
+    require_keys(answer, list(expected), "{'Q': (5, 3), ...}")
     for key, shape in expected.items():
         try:
             got = tuple(int(s) for s in answer[key])

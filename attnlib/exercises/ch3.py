@@ -7,7 +7,7 @@ import warnings
 import torch
 
 from attnlib.attention import scaled_dot_product_attention
-from attnlib.exercises import Wrong, call, exercise, same_tensor
+from attnlib.exercises import Wrong, call, exercise, require_keys, same_tensor
 from attnlib.masking import causal_mask, sliding_window_mask
 
 #: The setting of the prediction exercise.
@@ -22,13 +22,7 @@ def check_visible_pairs(answer):
     why = {"causal": f"query i sees keys 0..i, i + 1 of them, for i = 0..{n - 1}",
            "sliding_window": f"query i sees min(i + 1, {window}) keys: the first queries have "
                              f"fewer than {window} positions behind them"}
-    if not isinstance(answer, dict):
-        raise Wrong(f"answer with a dict such as {{'causal': 0, 'sliding_window': 0}}, "
-                    f"got {type(answer).__name__}.")
-    missing = [key for key in expected if key not in answer]
-    if missing:
-        raise Wrong(f"the dict needs the keys causal and sliding_window; missing "
-                    f"{', '.join(missing)}.")
+    require_keys(answer, list(expected), "{'causal': 0, 'sliding_window': 0}")
     for key, count in expected.items():
         got = answer[key]
         whole = isinstance(got, numbers.Integral) or (

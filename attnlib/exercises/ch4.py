@@ -4,7 +4,7 @@ import torch
 
 from attnlib import multihead
 from attnlib.attention import scaled_dot_product_attention
-from attnlib.exercises import Wrong, call, exercise, same_tensor
+from attnlib.exercises import Wrong, call, exercise, require_keys, same_tensor
 from attnlib.multihead import merge_heads
 
 #: The sentence of the prediction exercise, and the token whose row is asked about.
@@ -20,13 +20,7 @@ def check_head_targets(answer):
     row = tokens.index(TARGETS_TOKEN)
     expected = {name: tokens[int(weights[h, row].argmax())]
                 for h, name in enumerate(multihead.HEAD_NAMES)}
-    if not isinstance(answer, dict):
-        raise Wrong(f"answer with a dict such as {{'previous token': 'word', 'topic': 'word'}}, "
-                    f"got {type(answer).__name__}.")
-    missing = [name for name in expected if name not in answer]
-    if missing:
-        raise Wrong(f"the dict needs the keys {', '.join(map(repr, expected))}; missing "
-                    f"{', '.join(map(repr, missing))}.")
+    require_keys(answer, list(expected), "{'previous token': 'word', 'topic': 'word'}")
     for name, word in expected.items():
         got = answer[name]
         if not isinstance(got, str) or got.strip().lower() not in tokens:

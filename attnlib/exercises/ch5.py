@@ -7,7 +7,7 @@ import random
 import torch
 
 from attnlib import cost
-from attnlib.exercises import Wrong, call, exercise
+from attnlib.exercises import Wrong, call, exercise, require_keys
 
 #: The setting of the doubling prediction: one float32 head of width 64, N from 4096 to 8192.
 DOUBLING_SETTING = {"n": 4096, "d": 64, "d_model": 64, "dtype": torch.float32}
@@ -37,12 +37,7 @@ def doubling_factors(n, d, d_model, dtype):
 @exercise("ch5.doubling")
 def check_doubling(answer):
     expected = doubling_factors(**DOUBLING_SETTING)
-    if not isinstance(answer, dict):
-        raise Wrong(f"answer with a dict such as {{'attention_flops': ..., ...}} (one factor "
-                    f"per key), got {type(answer).__name__}.")
-    missing = [key for key in expected if key not in answer]
-    if missing:
-        raise Wrong(f"the dict needs the keys {', '.join(expected)}; missing {', '.join(missing)}.")
+    require_keys(answer, list(expected), "{'attention_flops': ..., ...} (one factor per key)")
     for key in expected:
         got = answer[key]
         if isinstance(got, bool) or not isinstance(got, numbers.Real):
