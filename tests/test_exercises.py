@@ -32,6 +32,13 @@ def test_every_exercise_has_a_reference_answer_in_the_tests():
 
 
 @pytest.mark.parametrize("name", available())
+def test_the_reference_answer_passes(name):
+    """Each chapter's test file writes its reference answers independently of the checks."""
+    verdict = attnlib.check(name, all_references()[name])
+    assert verdict, verdict
+
+
+@pytest.mark.parametrize("name", available())
 @pytest.mark.parametrize("garbage", [None, 42, "x", lambda: None, {"Q": "no"}, [1, 2]])
 def test_a_check_never_raises_whatever_the_answer(name, garbage):
     verdict = attnlib.check(name, garbage)

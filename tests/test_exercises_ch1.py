@@ -1,4 +1,3 @@
-import pytest
 import torch
 
 from attnlib.exercises.ch1 import MONEY_SENTENCE, SHAPES_SETTING
@@ -28,10 +27,6 @@ REFERENCES = {
     "ch1.cross_scores": reference_cross_scores,
 }
 
-
-@pytest.mark.parametrize("name", REFERENCES)
-def test_reference_answers_pass(name):
-    assert_accepts(name, REFERENCES[name])
 
 
 def test_shapes_feedback_names_the_wrong_shape_and_why():

@@ -1,10 +1,9 @@
 import math
 
-import pytest
 import torch
 
 from attnlib.exercises.ch2 import PREDICT_D_K
-from tests.exercise_cases import assert_accepts, assert_rejects
+from tests.exercise_cases import assert_rejects
 
 
 def reference_softmax(x):
@@ -31,10 +30,6 @@ REFERENCES = {
     "ch2.logsumexp": reference_logsumexp,
 }
 
-
-@pytest.mark.parametrize("name", REFERENCES)
-def test_reference_answers_pass(name):
-    assert_accepts(name, REFERENCES[name])
 
 
 def test_predict_std_feedback():

@@ -40,10 +40,6 @@ REFERENCES = {
 }
 
 
-@pytest.mark.parametrize("name", REFERENCES)
-def test_reference_answers_pass(name):
-    assert_accepts(name, REFERENCES[name])
-
 
 def test_visible_pairs_feedback():
     right = REFERENCES["ch3.visible_pairs"]

@@ -1,6 +1,5 @@
 import math
 
-import pytest
 import torch
 
 from attnlib.exercises.ch4 import TARGETS_SENTENCE, TARGETS_TOKEN
@@ -39,10 +38,6 @@ REFERENCES = {
     "ch4.grouped_query": reference_grouped_query,
 }
 
-
-@pytest.mark.parametrize("name", REFERENCES)
-def test_reference_answers_pass(name):
-    assert_accepts(name, REFERENCES[name])
 
 
 def test_head_targets_feedback():

@@ -28,10 +28,6 @@ REFERENCES = {
 }
 
 
-@pytest.mark.parametrize("name", REFERENCES)
-def test_reference_answers_pass(name):
-    assert_accepts(name, REFERENCES[name])
-
 
 def test_doubling_feedback_names_every_wrong_factor_without_giving_it_away():
     answer = REFERENCES["ch5.doubling"]

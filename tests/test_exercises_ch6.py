@@ -1,6 +1,5 @@
 import math
 
-import pytest
 import torch
 
 from attnlib.exercises.ch6 import CAUSAL_BLOCKS_SETTING
@@ -50,10 +49,6 @@ REFERENCES = {
     "ch6.merge": reference_merge,
 }
 
-
-@pytest.mark.parametrize("name", REFERENCES)
-def test_reference_answers_pass(name):
-    assert_accepts(name, REFERENCES[name])
 
 
 def test_causal_blocks_feedback():
