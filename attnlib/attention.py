@@ -13,14 +13,20 @@ weights are all zero and its output is zero, never NaN.  This is what PyTorch's 
 CPU kernel returns; a plain softmax would give NaN (0/0), and the NaN would then spread
 to every later layer.  FlashAttention (chapter 6) follows the same policy.  NaN in the
 inputs still gives NaN.
+
+PyTorch's leniencies are kept: a float mask of another dtype is cast to q's dtype,
+`scale` may be a 0-d tensor, and d_k = 0 gives the mean of the values (every score is 0).
+
+`inplace_attention` computes the same thing holding one N x N matrix instead of three
+(chapter 5 measures both).
 """
 
 import math
-import numbers
 
 import torch
 
-from attnlib._checks import require_tensor
+from attnlib._checks import require_mask, require_qk, require_tensor, resolve_scale, validate_qkv
+from attnlib.masking import causal_mask
 
 
 def softmax(x, dim=-1):
@@ -40,87 +46,35 @@ def softmax(x, dim=-1):
     return exps / torch.where(total == 0, torch.ones_like(total), total)
 
 
-def _check_scale(scale):
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)):
-        raise TypeError(f"scale must be a number or None, got {type(scale).__name__}")
-
-
 def attention_scores(q, k, scale=None):
     """Scores Q K^T * scale, with scale = 1/sqrt(d_k) by default.
 
     q: (..., L, d_k), k: (..., S, d_k)  ->  (..., L, S).
     """
-    require_tensor("q", q, min_dim=2)
-    require_tensor("k", k, min_dim=2)
-    _check_scale(scale)
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(
-            f"q and k must have the same last dimension d_k, got q of shape "
-            f"{tuple(q.shape)} (d_k = {q.shape[-1]}) and k of shape {tuple(k.shape)} "
-            f"(d_k = {k.shape[-1]})"
-        )
-    if q.dtype != k.dtype:
-        raise TypeError(f"q and k must share a dtype, got {q.dtype} and {k.dtype}")
-    _broadcast_batch(("q", q), ("k", k))
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    return (q @ k.mT) * scale
-
-
-def _broadcast_batch(*named):
-    try:
-        return torch.broadcast_shapes(*(t.shape[:-2] for _, t in named))
-    except RuntimeError:
-        shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in named)
-        raise ValueError(
-            f"the leading (batch, heads) dimensions must broadcast, got {shapes}"
-        ) from None
-
-
-def validate_qkv(q, k, v):
-    """Check q (..., L, d_k), k (..., S, d_k), v (..., S, d_v): tensors of one floating
-    dtype whose leading dimensions broadcast.  Returns the broadcast batch shape."""
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        require_tensor(name, t, min_dim=2)
-    if not q.dtype == k.dtype == v.dtype:
-        raise TypeError(f"q, k and v must share a dtype, got {q.dtype}, {k.dtype} and {v.dtype}")
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(
-            f"q and k must have the same last dimension d_k, got q of shape "
-            f"{tuple(q.shape)} (d_k = {q.shape[-1]}) and k of shape {tuple(k.shape)} "
-            f"(d_k = {k.shape[-1]})"
-        )
-    if k.shape[-2] != v.shape[-2]:
-        raise ValueError(
-            f"k and v must have the same number of positions S (second-to-last "
-            f"dimension), got k of shape {tuple(k.shape)} and v of shape {tuple(v.shape)}"
-        )
-    return _broadcast_batch(("q", q), ("k", k), ("v", v))
+    require_qk(q, k)
+    return (q @ k.mT) * resolve_scale(scale, q.shape[-1])
 
 
 def additive_mask(attn_mask, q, n_keys, batch_shape):
-    """The mask as a float tensor to add to the scores (0 or -inf for a boolean mask),
-    after checking that it broadcasts to the scores' shape (..., L, S)."""
-    if not isinstance(attn_mask, torch.Tensor):
-        raise TypeError(f"attn_mask must be a torch.Tensor or None, got {type(attn_mask).__name__}")
-    if attn_mask.dtype != torch.bool and attn_mask.dtype != q.dtype:
-        raise TypeError(
-            f"attn_mask must be boolean (True = may attend) or have q's dtype {q.dtype} "
-            f"(added to the scores), got {attn_mask.dtype}"
-        )
-    target = (*batch_shape, q.shape[-2], n_keys)
-    try:
-        fits = torch.broadcast_shapes(attn_mask.shape, target) == torch.Size(target)
-    except RuntimeError:
-        fits = False
-    if not fits:
-        raise ValueError(
-            f"attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to the "
-            f"scores' shape {target} = (*batch, L queries, S keys)"
-        )
+    """The mask as a tensor of q's dtype to add to the scores (0 or -inf for a boolean
+    mask), after checking that it broadcasts to the scores' shape (*batch_shape, L, S).
+
+    A floating mask of another dtype (float32 with float16 queries, say) is cast to q's
+    dtype, as PyTorch does.
+    """
+    require_mask(attn_mask, (*batch_shape, q.shape[-2], n_keys), floating=True)
     if attn_mask.dtype == torch.bool:
         zero = torch.zeros((), dtype=q.dtype, device=q.device)
         return torch.where(attn_mask, zero, zero - math.inf)
-    return attn_mask
+    return attn_mask.to(q.dtype)
+
+
+def _mask_argument(attn_mask, is_causal, q, k):
+    """attn_mask, or the top-left causal mask (L, S) when is_causal (never both, as in
+    PyTorch)."""
+    if is_causal and attn_mask is not None:
+        raise ValueError("pass either attn_mask or is_causal=True, not both (as in PyTorch)")
+    return causal_mask(q.shape[-2], k.shape[-2], device=q.device) if is_causal else attn_mask
 
 
 def scaled_dot_product_attention(
@@ -133,18 +87,43 @@ def scaled_dot_product_attention(
     A query with no visible key gets zero weights and a zero output (module docstring).
     """
     batch_shape = validate_qkv(q, k, v)
-    _check_scale(scale)
-    if is_causal and attn_mask is not None:
-        raise ValueError("pass either attn_mask or is_causal=True, not both (as in PyTorch)")
-    n_queries, n_keys = q.shape[-2], k.shape[-2]
-    scores = attention_scores(q, k, scale)
-    if is_causal:
-        attn_mask = torch.ones(n_queries, n_keys, dtype=torch.bool, device=q.device).tril()
+    attn_mask = _mask_argument(attn_mask, is_causal, q, k)  # is_causal: causal_mask(L, S)
+    scores = (q @ k.mT) * resolve_scale(scale, q.shape[-1])
     if attn_mask is not None:
-        scores = scores + additive_mask(attn_mask, q, n_keys, batch_shape)
+        scores = scores + additive_mask(attn_mask, q, k.shape[-2], batch_shape)
     weights = softmax(scores, dim=-1)
     output = weights @ v
     return (output, weights) if return_weights else output
+
+
+def inplace_attention(q, k, v, attn_mask=None, is_causal=False, scale=None):
+    """softmax(Q K^T * scale + mask) V holding a single N x N matrix at a time.
+
+    Same arguments and result as `scaled_dot_product_attention`, but the scores are
+    turned into weights in place: shift, exp and normalise overwrite them, where the
+    clearer version keeps scores, exponentials and weights alive together (three
+    matrices, chapter 5).  In-place steps destroy what autograd would need, so inputs
+    must not require gradients.  Masks cost extra while they are applied: an N x N
+    boolean for is_causal, a float copy of a boolean attn_mask.
+    """
+    batch_shape = validate_qkv(q, k, v)
+    if any(t.requires_grad for t in (q, k, v)) and torch.is_grad_enabled():
+        raise ValueError("inplace_attention cannot backpropagate (its in-place steps overwrite "
+                         "what autograd needs): call it under torch.no_grad(), or use "
+                         "attention.scaled_dot_product_attention")
+    attn_mask = _mask_argument(attn_mask, is_causal, q, k)
+    n_keys = k.shape[-2]
+    scores = (q * resolve_scale(scale, q.shape[-1])) @ k.mT  # scaling q costs N x d, not N^2
+    if is_causal:
+        scores.masked_fill_(attn_mask.logical_not_(), -math.inf)  # our own mask: invert it
+    elif attn_mask is not None:
+        scores.add_(additive_mask(attn_mask, q, n_keys, batch_shape))
+    if n_keys:
+        row_max = scores.amax(dim=-1, keepdim=True)
+        scores.sub_(torch.where(torch.isfinite(row_max), row_max, 0.0)).exp_()
+        total = scores.sum(dim=-1, keepdim=True)
+        scores.div_(torch.where(total == 0, 1.0, total))  # a row that sees no key: zeros
+    return scores @ v
 
 
 # --- why divide by sqrt(d_k): the experiments of chapter 2 --------------------------------

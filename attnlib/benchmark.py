@@ -4,13 +4,14 @@
     python -m attnlib.benchmark --n 512 1024 --memory-n 512 1024 --min-run-time 0.2
     python -m attnlib.benchmark --sweep-blocks       # time the tiled forward per block size
     python -m attnlib.benchmark --json results.json  # also write the figures as a record
+    python -m attnlib.benchmark --scaling            # chapter 5: naive attention against N
 
 Every figure comes from one run on one machine, so ratios between implementations are
 meaningful even on a busy machine where absolute times are not.  Times are medians of
 `torch.utils.benchmark` (with the interquartile range as a measure of noise); GFLOP/s
 use `attnlib.cost.attention_flops` (4 B h N^2 d, half with a causal mask) and are shown
 next to the device's measured matrix-multiply throughput; memory is the peak that torch
-allocates during one forward (`attnlib.cost.peak_memory`), inputs excluded.
+allocates during one forward (`attnlib.measure.peak_memory`), inputs excluded.
 
 Memory: naive attention holds N x N matrices, about 6 GiB for 8 heads at N = 8192 in
 float32 (the default largest --memory-n); with less free memory, pass smaller sizes, for
@@ -28,9 +29,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.utils import benchmark as torch_benchmark
 
-from attnlib import attention, cost, flash
+from attnlib import attention, cost, flash, measure
 from attnlib.device import describe_device
 
 #: The implementations compared, by name: f(q, k, v, is_causal=...) -> output.
@@ -58,27 +58,24 @@ class Setting:
     threads: int = 0  # 0: torch's current number of threads
 
     def inputs(self, n, seed=0):
-        """q, k, v of shape (batch, heads, n, d), standard normal."""
-        gen = torch.Generator().manual_seed(seed)
-        shape = (self.batch, self.heads, n, self.d)
-        return tuple(torch.randn(shape, generator=gen).to(self.device, DTYPES[self.dtype])
-                     for _ in range(3))
+        """q, k, v of shape (batch, heads, n, d), standard normal (`measure.attention_inputs`)."""
+        return measure.attention_inputs(n, self.d, self.heads, self.batch, DTYPES[self.dtype],
+                                        self.device, seed)
 
     def num_threads(self):
         return self.threads or torch.get_num_threads()
 
-
-def time_call(stmt, setting, min_run_time, **names):
-    """A torch.utils.benchmark Measurement of `stmt` (median, iqr in seconds)."""
-    timer = torch_benchmark.Timer(stmt, globals=names, num_threads=setting.num_threads())
-    return timer.blocked_autorange(min_run_time=min_run_time)
+    def time(self, fn, *args, min_run_time=1.0):
+        """`measure.time_call` with this setting's threads."""
+        return measure.time_call(fn, *args, min_run_time=min_run_time,
+                                 max_run_time=max(1.0, 2 * min_run_time),
+                                 threads=self.num_threads())
 
 
 def matmul_gflops(setting, size=2048, min_run_time=1.0):
     """Measured throughput of one size x size x size matrix product, in GFLOP/s."""
     a, b = (torch.randn(size, size).to(setting.device, DTYPES[setting.dtype]) for _ in range(2))
-    measurement = time_call("torch.mm(a, b)", setting, min_run_time, torch=torch, a=a, b=b)
-    return 2 * size**3 / measurement.median / 1e9
+    return 2 * size**3 / setting.time(torch.mm, a, b, min_run_time=min_run_time).median / 1e9
 
 
 def time_forward(ns, setting, implementations, causal=(False, True), min_run_time=1.0,
@@ -90,8 +87,8 @@ def time_forward(ns, setting, implementations, causal=(False, True), min_run_tim
         for is_causal in causal:
             flops = cost.attention_flops(n, setting.d, setting.heads, setting.batch, is_causal)
             for name, fn in implementations.items():
-                m = time_call("fn(q, k, v, is_causal=is_causal)", setting, min_run_time,
-                              fn=fn, q=q, k=k, v=v, is_causal=is_causal)
+                m = setting.time(functools.partial(fn, is_causal=is_causal), q, k, v,
+                                 min_run_time=min_run_time)
                 records.append({"n": n, "causal": is_causal, "implementation": name,
                                 "median_s": m.median, "iqr_s": m.iqr,
                                 "gflops": flops / m.median / 1e9})
@@ -107,7 +104,7 @@ def measure_memory(ns, setting, implementations, progress=None):
         q, k, v = setting.inputs(n)
         for name, fn in implementations.items():
             try:
-                peak = cost.peak_memory(functools.partial(fn, q, k, v), setting.device)
+                peak = measure.peak_memory(functools.partial(fn, q, k, v), setting.device)
             except torch.OutOfMemoryError:
                 peak = None
             records.append({"n": n, "implementation": name, "peak_bytes": peak})
@@ -122,10 +119,10 @@ def sweep_blocks(n, setting, sizes, causal=(False, True), min_run_time=1.0, prog
     q, k, v = setting.inputs(n)
     records = []
     for block_q, block_k in sizes:
-        fn = functools.partial(flash.flash_attention, block_q=block_q, block_k=block_k)
         for is_causal in causal:
-            m = time_call("fn(q, k, v, is_causal=is_causal)", setting, min_run_time,
-                          fn=fn, q=q, k=k, v=v, is_causal=is_causal)
+            fn = functools.partial(flash.flash_attention, is_causal=is_causal, block_q=block_q,
+                                   block_k=block_k)
+            m = setting.time(fn, q, k, v, min_run_time=min_run_time)
             records.append({"n": n, "block_q": block_q, "block_k": block_k,
                             "causal": is_causal, "median_s": m.median, "iqr_s": m.iqr})
             if progress:
@@ -205,6 +202,22 @@ def format_sweep(records):
     return "\n".join(lines)
 
 
+def scaling(sizes=(4096, 6144, 8192)):
+    """Chapter 5's measurement, on this machine's CPU: time and peak memory of naive
+    attention (chapter 2's, one head, d = 64, float32) at each N, the memory against
+    3 * score_matrix_bytes, and the fitted time exponent: report lines."""
+    runs = measure.measure(attention.scaled_dot_product_attention, sizes, progress=False)
+    lines = [f"naive attention (chapter 2), one head, d = 64, float32; {describe_device('cpu')}"]
+    for run in runs:
+        formula = 3 * cost.score_matrix_bytes(run.n, dtype=torch.float32)
+        lines.append(f"N = {run.n:>6}: {run.seconds * 1e3:9.2f} ms ±{50 * run.spread:2.0f}%, "
+                     f"peak {run.peak_bytes / 1e6:8.1f} MB = {run.peak_bytes / formula:.4f} x "
+                     f"(3 * score_matrix_bytes)")
+    exponent = measure.fit_exponent(sizes, [run.seconds for run in runs])
+    lines.append(f"time grows like N^{exponent:.2f} over N = {', '.join(map(str, sizes))}")
+    return lines
+
+
 def header(setting, block_q, block_k, matmul):
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return "\n".join([
@@ -247,6 +260,9 @@ def parse_args(argv=None):
                         help="seconds of repeated calls behind each timing")
     parser.add_argument("--sweep-blocks", action="store_true",
                         help="only time the tiled forward at the largest --n per block size")
+    parser.add_argument("--scaling", nargs="*", type=int, metavar="N",
+                        help="only chapter 5's measurement: naive attention's time and memory "
+                             "at these N (default 4096 6144 8192) and its fitted exponent")
     parser.add_argument("--json", metavar="PATH", help="also write all figures to PATH")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return parser.parse_args(argv)
@@ -254,6 +270,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.scaling is not None:
+        print("\n".join(scaling(args.scaling or (4096, 6144, 8192))))
+        return None
     setting = Setting(args.device, args.dtype, args.batch, args.heads, args.d, args.threads)
 
     def progress(line):

@@ -30,8 +30,13 @@ from typing import NamedTuple
 
 import torch
 
-from attnlib._checks import require_positive_int, require_tensor
-from attnlib.attention import _broadcast_batch, _check_scale, validate_qkv
+from attnlib._checks import (
+    broadcast_batch,
+    require_positive_int,
+    require_tensor,
+    resolve_scale,
+    validate_qkv,
+)
 
 #: Default block sizes, chosen by measurement on a 2-core CPU (float32, 8 heads, d = 64,
 #: N = 4096): 512 x 256 was the fastest full attention of the sizes that stay close to
@@ -115,7 +120,7 @@ def online_attention(scores, v):
         raise ValueError(f"scores has {scores.shape[-1]} keys (last dimension) but v has "
                          f"{v.shape[-2]} (second-to-last), shapes {tuple(scores.shape)} and "
                          f"{tuple(v.shape)}")
-    batch_shape = _broadcast_batch(("scores", scores), ("v", v))
+    batch_shape = broadcast_batch(("scores", scores), ("v", v))
     m = torch.full((*scores.shape[:-1], 1), -math.inf, dtype=scores.dtype, device=scores.device)
     ell = torch.zeros_like(m)
     o = torch.zeros(*batch_shape, scores.shape[-2], v.shape[-1], dtype=v.dtype, device=v.device)
@@ -277,14 +282,13 @@ def flash_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, *, blo
             "mask; use attnlib.attention.scaled_dot_product_attention for other masks"
         )
     batch_shape = validate_qkv(q, k, v)
-    _check_scale(scale)
     for name, value in (("block_q", block_q), ("block_k", block_k)):
         require_positive_int(name, value)
     (n_q, d_k), d_v = q.shape[-2:], v.shape[-1]
     batch = math.prod(batch_shape)
     q3, k3, v3 = (t.expand(*batch_shape, *t.shape[-2:]).reshape(batch, *t.shape[-2:])
                   for t in (q, k, v))
-    scale = 1.0 / math.sqrt(d_k) if scale is None else float(scale)
+    scale = resolve_scale(scale, d_k)
     out, lse = FlashAttentionFunction.apply(q3, k3, v3, scale, bool(is_causal), block_q, block_k)
     out, lse = out.reshape(*batch_shape, n_q, d_v), lse.reshape(*batch_shape, n_q)
     return (out, lse) if return_lse else out
@@ -316,8 +320,7 @@ def flash_steps(q, k, v, is_causal=False, scale=None, block_q=4, block_k=4):
     if q.dim() != 2:
         raise ValueError(f"flash_steps follows one head: q, k, v must be 2-D, got q of shape "
                          f"{tuple(q.shape)}")
-    _check_scale(scale)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scale = resolve_scale(scale, q.shape[-1])
     q, k, v = (q * scale).unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0)
     m = q.new_full((1, q.shape[1], 1), -math.inf)
     ell, acc = torch.zeros_like(m), q.new_zeros(1, q.shape[1], v.shape[-1])

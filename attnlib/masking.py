@@ -27,21 +27,13 @@ import math
 
 import torch
 
-from attnlib._checks import require_positive_int
-
-
-def _require_size(name, value):
-    """A sequence length: an int >= 0 (bools are refused)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
+from attnlib._checks import require_positive_int, require_size
 
 
 def _check_sizes(n_q, n_k):
-    _require_size("n_q", n_q)
+    require_size("n_q", n_q)
     n_k = n_q if n_k is None else n_k
-    _require_size("n_k", n_k)
+    require_size("n_k", n_k)
     return n_k
 
 
@@ -78,7 +70,7 @@ def sliding_window_mask(n, window, device=None):
     query sees at most `window` keys.  A kernel that computes only this band costs
     n * window instead of n^2; adding this dense mask to a full n x n table saves nothing.
     """
-    _require_size("n", n)
+    require_size("n", n)
     require_positive_int("window", window)
     full = torch.ones(n, n, dtype=torch.bool, device=device)
     return full.tril() & full.triu(diagonal=1 - window)
@@ -91,7 +83,7 @@ def padding_mask(lengths, n, device=None):
     singleton dimensions broadcast over heads and queries: every query of sequence b
     may attend to its real keys and to no padding key.
     """
-    _require_size("n", n)
+    require_size("n", n)
     if isinstance(lengths, torch.Tensor):
         if lengths.dim() != 1 or lengths.is_floating_point() or lengths.dtype == torch.bool:
             raise TypeError(f"lengths must be a 1-D integer tensor or a list of ints, got a "

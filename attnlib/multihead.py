@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnlib import projections
-from attnlib._checks import require_positive_int, require_tensor
+from attnlib._checks import require_mask, require_positive_int, require_tensor
 from attnlib.attention import scaled_dot_product_attention
 from attnlib.masking import causal_mask, combine_masks
 
@@ -93,19 +93,7 @@ class MultiHeadAttention(nn.Module):
     def _mask(self, attn_mask, x):
         n = x.shape[-2]
         if attn_mask is not None:
-            if not isinstance(attn_mask, torch.Tensor) or attn_mask.dtype != torch.bool:
-                got = attn_mask.dtype if isinstance(attn_mask, torch.Tensor) else type(
-                    attn_mask).__name__
-                raise TypeError(f"attn_mask must be a boolean tensor (True = may attend) or "
-                                f"None, got {got}")
-            target = (*x.shape[:-2], self.num_heads, n, n)
-            try:
-                fits = torch.broadcast_shapes(attn_mask.shape, target) == torch.Size(target)
-            except RuntimeError:
-                fits = False
-            if not fits:
-                raise ValueError(f"attn_mask of shape {tuple(attn_mask.shape)} does not "
-                                 f"broadcast to {target} = (*batch, heads, N queries, N keys)")
+            require_mask(attn_mask, (*x.shape[:-2], self.num_heads, n, n))
         causal = causal_mask(n, device=x.device) if self.causal else None
         return combine_masks(attn_mask, causal)
 
