@@ -100,13 +100,12 @@ def validate_qkv(q, k, v):
 def require_mask(attn_mask, target, *, floating=False):
     """Raise unless `attn_mask` is a boolean tensor (True = may attend), or any floating
     tensor when `floating`, that broadcasts to the scores' shape `target` = (*batch, L, S)."""
-    kinds = "boolean (True = may attend) or floating (added to the scores)" if floating \
-        else "boolean (True = may attend)"
+    kinds = "a boolean tensor (True = may attend)" + (
+        " or a floating one (added to the scores)" if floating else "")
     if not isinstance(attn_mask, torch.Tensor):
-        raise TypeError(f"attn_mask must be a {kinds} tensor or None, "
-                        f"got {type(attn_mask).__name__}")
+        raise TypeError(f"attn_mask must be {kinds} or None, got {type(attn_mask).__name__}")
     if attn_mask.dtype != torch.bool and not (floating and attn_mask.is_floating_point()):
-        raise TypeError(f"attn_mask must be a {kinds} tensor, got {attn_mask.dtype}")
+        raise TypeError(f"attn_mask must be {kinds}, got {attn_mask.dtype}")
     target = tuple(target)
     try:
         fits = torch.broadcast_shapes(attn_mask.shape, target) == torch.Size(target)

@@ -68,7 +68,7 @@ class Setting:
     def time(self, fn, *args, min_run_time=1.0):
         """`measure.time_call` with this setting's threads."""
         return measure.time_call(fn, *args, min_run_time=min_run_time,
-                                 max_run_time=max(1.0, 2 * min_run_time),
+                                 max_run_time=3 * min_run_time,
                                  threads=self.num_threads())
 
 

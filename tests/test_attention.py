@@ -1,5 +1,4 @@
 import math
-import random
 
 import pytest
 import torch
@@ -8,25 +7,24 @@ import torch.nn.functional as F
 from attnlib.attention import (
     attention_scores,
     dot_product_variance,
+    inplace_attention,
     random_attention_stats,
     row_entropy,
     scaled_dot_product_attention,
     softmax,
 )
+from tests.reference import attention64, random_qkv, weights64
+from tests.reference import randn as randn64
 
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
 def random_case(seed, dtype):
-    """Random shapes: leading dims that broadcast, L != S, d_v != d_k, and a mask kind."""
-    rng = random.Random(seed)
+    """Random shapes (`random_qkv`) and a mask kind: none, boolean, float, causal, or a
+    boolean mask that broadcasts."""
+    q, k, v, rng = random_qkv(seed, dtype)
     gen = torch.Generator().manual_seed(seed)
-    lead = rng.choice([(), (2,), (2, 3), (1, 4)])
-    lead_k = tuple(1 if rng.random() < 0.3 else d for d in lead)  # k, v broadcast over q's
-    n_q, n_k, d_k, d_v = (rng.randint(1, 9) for _ in range(4))
-    q = torch.randn(*lead, n_q, d_k, generator=gen, dtype=dtype)
-    k = torch.randn(*lead_k, n_k, d_k, generator=gen, dtype=dtype)
-    v = torch.randn(*lead_k, n_k, d_v, generator=gen, dtype=dtype)
+    (n_q, n_k), lead = (q.shape[-2], k.shape[-2]), q.shape[:-2]
     kind = rng.choice(["none", "bool", "float", "causal", "bool-broadcast"])
     mask, causal = None, kind == "causal"
     if kind in ("bool", "bool-broadcast"):
@@ -50,23 +48,12 @@ def test_matches_pytorch_sdpa(seed, dtype):
     torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
 
 
-def reference_weights(q, k, mask=None, causal=False, scale=None):
-    """softmax(QK^T * scale + mask) in float64, the textbook way."""
-    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
-    scores = q.double() @ k.double().mT * scale
-    if causal:
-        mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()
-    if mask is not None:
-        scores = scores.masked_fill(~mask, -math.inf) if mask.dtype == torch.bool else scores + mask
-    return torch.softmax(scores, dim=-1)
-
-
 @pytest.mark.parametrize("seed", range(10))
 def test_returned_weights_are_the_softmax_of_the_scores(seed):
     q, k, v, mask, causal = random_case(seed, torch.float64)
     out, weights = scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                                 return_weights=True)
-    expected = reference_weights(q, k, mask, causal)
+    expected = weights64(q, k, mask, causal)
     torch.testing.assert_close(weights, expected.expand_as(weights), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1], dtype=torch.float64))
     torch.testing.assert_close(out, weights @ v)
@@ -191,6 +178,7 @@ Z = torch.zeros
         ((Z(4, 8), Z(5, 8), Z(5, 3)), {"is_causal": True, "attn_mask": Z(4, 5)}, ValueError,
          ["not both"]),
         ((Z(4, 8), Z(5, 8), Z(5, 3)), {"scale": "0.5"}, TypeError, ["scale", "str"]),
+        ((Z(4, 8), Z(5, 8), Z(5, 3)), {"scale": Z(2)}, TypeError, ["scale", "shape (2,)"]),
     ],
 )
 def test_bad_input_names_the_argument_and_shapes(args, kwargs, error, words):
@@ -198,6 +186,73 @@ def test_bad_input_names_the_argument_and_shapes(args, kwargs, error, words):
         scaled_dot_product_attention(*args, **kwargs)
     for word in words:
         assert word in str(info.value)
+
+
+# --- where PyTorch is lenient, attnlib is too ------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_float32_mask_with_half_precision_queries_is_cast_as_pytorch_does(dtype):
+    q, k, v, _ = random_qkv(11, dtype)
+    mask = torch.randn(q.shape[-2], k.shape[-2], generator=torch.Generator().manual_seed(1))
+    got = scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert got.dtype == dtype
+    exact = attention64(q, k, v, mask)  # the mask added in float64: the intended result
+    error = (got.double() - exact).abs().max()
+    pytorch_error = (F.scaled_dot_product_attention(q, k, v, attn_mask=mask).double()
+                     - exact).abs().max()
+    assert error <= 4 * pytorch_error + 1e-3, (error, pytorch_error)
+
+
+def test_scale_may_be_a_zero_dimensional_tensor_as_in_pytorch():
+    q, k, v, _ = random_qkv(12, torch.float64)
+    scale = torch.tensor(0.7, dtype=torch.float64)
+    expected = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    torch.testing.assert_close(scaled_dot_product_attention(q, k, v, scale=scale), expected)
+    torch.testing.assert_close(inplace_attention(q, k, v, scale=scale), expected)
+
+
+def test_zero_width_queries_and_keys_average_the_values_as_pytorch_does():
+    q, k = torch.zeros(2, 3, 0, dtype=torch.float64), torch.zeros(2, 5, 0, dtype=torch.float64)
+    v = randn64(2, 5, 4)
+    expected = v.mean(dim=-2, keepdim=True).expand(2, 3, 4)
+    torch.testing.assert_close(F.scaled_dot_product_attention(q, k, v), expected)
+    torch.testing.assert_close(scaled_dot_product_attention(q, k, v), expected)
+    torch.testing.assert_close(inplace_attention(q, k, v), expected)
+
+
+# --- in place: one N x N matrix ----------------------------------------------------------
+
+
+def inplace_cases():
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 9, 4, generator=gen, dtype=torch.float64) for _ in range(3))
+    v = v[..., :3]  # d_v != d_k
+    bool_mask = torch.rand(9, 9, generator=gen) < 0.5
+    bool_mask[4] = False  # a query that sees no key
+    return q, k, v, [{}, {"is_causal": True}, {"mask": bool_mask},
+                     {"mask": torch.randn(3, 9, 9, generator=gen, dtype=torch.float64)},
+                     {"scale": 0.3}]
+
+
+def test_inplace_attention_is_textbook_attention():
+    q, k, v, options = inplace_cases()
+    for kwargs in options:
+        expected = torch.nan_to_num(attention64(q, k, v, **kwargs))  # no key: 0, not NaN
+        ours = {("attn_mask" if key == "mask" else key): value for key, value in kwargs.items()}
+        torch.testing.assert_close(inplace_attention(q, k, v, **ours), expected)
+    torch.testing.assert_close(inplace_attention(q, k[..., :0, :], v[..., :0, :]),
+                               torch.zeros_like(q[..., :3]))
+    assert torch.isnan(inplace_attention(q * math.nan, k, v)).all()
+
+
+def test_inplace_attention_refuses_autograd_but_runs_without_it():
+    q, k, v, _ = inplace_cases()
+    q.requires_grad_()
+    with pytest.raises(ValueError, match="cannot backpropagate.*torch.no_grad"):
+        inplace_attention(q, k, v)
+    with torch.no_grad():
+        torch.testing.assert_close(inplace_attention(q, k, v), attention64(q, k, v))
 
 
 # --- the chapter 2 experiments ---------------------------------------------------------

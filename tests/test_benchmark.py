@@ -70,3 +70,15 @@ def test_block_sweep_lists_each_block_size_with_and_without_mask(capsys):
     rows = capsys.readouterr().out.split("Tiled forward time by block size")[1].splitlines()
     assert rows[1].split() == ["block_q", "block_k", "full", "causal"]
     assert len(rows) == 2 + len(sizes) and all(len(row.split()) == 4 for row in rows[2:])
+
+
+def test_scaling_reports_each_size_the_memory_ratio_and_the_exponent(capsys):
+    benchmark.main(["--scaling", "64", "128"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("naive attention (chapter 2), one head, d = 64, float32; CPU")
+    rows = [line for line in lines if line.startswith("N = ")]
+    assert [row.split(":")[0] for row in rows] == ["N =     64", "N =    128"]
+    # chapter 2's attention holds three N x N float32 matrices: the ratio is about 1
+    ratios = [float(row.split(" = ")[-1].split(" x")[0]) for row in rows]
+    assert all(0.8 < ratio < 1.6 for ratio in ratios), ratios
+    assert lines[-1].startswith("time grows like N^") and lines[-1].endswith("over N = 64, 128")

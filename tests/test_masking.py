@@ -14,12 +14,9 @@ from attnlib.masking import (
     sliding_window_mask,
     to_additive,
 )
+from tests.reference import randn
 
 SIZES = [(1, 1), (4, 4), (3, 7), (7, 3), (1, 5), (6, 1)]
-
-
-def randn(*shape, seed=0, dtype=torch.float64):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
 def table(n_q, n_k, rule):

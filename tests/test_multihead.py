@@ -7,10 +7,11 @@ from torch import nn
 from attnlib import multihead
 from attnlib.masking import causal_mask, padding_mask
 from attnlib.multihead import MultiHeadAttention, merge_heads, split_heads
+from tests import reference
 
 
 def randn(*shape, seed=0, dtype=torch.float32):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    return reference.randn(*shape, seed=seed, dtype=dtype)
 
 
 def torch_mha(d_model=16, num_heads=4, bias=True, seed=0, dtype=torch.float32):
@@ -186,7 +187,7 @@ def test_bad_construction_and_input_raise_errors_that_say_so():
     with pytest.raises(TypeError, match="attn_mask must be a boolean tensor .* got torch.int64"):
         mha(torch.zeros(5, 8), attn_mask=torch.ones(5, 5, dtype=torch.long))
     with pytest.raises(ValueError, match=r"attn_mask of shape \(2, 1, 1, 5\) does not broadcast "
-                                         r"to \(2, 5, 5\)"):
+                                         r"to the scores' shape \(2, 5, 5\)"):
         mha(torch.zeros(5, 8), attn_mask=padding_mask([5, 3], 5))
     with pytest.raises(TypeError, match="x must be a torch.Tensor, got list"):
         mha([[0.0] * 8])

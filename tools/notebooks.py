@@ -75,7 +75,7 @@ def execute(path, timeout=300):
     mark_solution_cells(nb)
     start = time.perf_counter()
     client = NotebookClient(
-        nb, timeout=timeout, kernel_name="python3", store_widget_state=True,
+        nb, timeout=timeout, kernel_name="python3", store_widget_state=True, record_timing=False,
         resources={"metadata": {"path": str(Path(path).parent)}},
     )
     client.execute()

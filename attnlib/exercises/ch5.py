@@ -6,7 +6,7 @@ import random
 
 import torch
 
-from attnlib import cost
+from attnlib import cost, measure
 from attnlib.exercises import Wrong, call, exercise, require_keys
 
 #: The setting of the doubling prediction: one float32 head of width 64, N from 4096 to 8192.
@@ -69,7 +69,7 @@ def check_fit_exponent(my_fit_exponent):
         cases.append((f"six noisy timings that grow about like N^2 (seed {seed})", sizes, values))
     for description, sizes, values in cases:
         got = call(my_fit_exponent, list(sizes), list(values), called_with=description)
-        expected = cost.fit_exponent(sizes, values)
+        expected = measure.fit_exponent(sizes, values)
         kind = type(got).__name__
         if hasattr(got, "tolist") and hasattr(got, "shape"):  # a torch tensor or numpy array
             got = got.tolist()
@@ -85,7 +85,7 @@ def check_fit_exponent(my_fit_exponent):
             if math.isclose(got, endpoints, rel_tol=1e-6):
                 hint = ("you took the slope between the first and last points: fit a "
                         "least-squares line through all of them")
-            elif math.isclose(got, cost.fit_exponent(values, sizes), rel_tol=1e-6):
+            elif math.isclose(got, measure.fit_exponent(values, sizes), rel_tol=1e-6):
                 hint = ("you fitted log size against log value: the size goes on the x axis, "
                         "the value on the y axis")
             else:
