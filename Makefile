@@ -6,7 +6,11 @@ STAMP := $(VENV)/.installed
 
 COLAB := .venv-colab
 
-.PHONY: book test colab-compat notebooks student clean
+.PHONY: help book test colab-compat notebooks student clean
+
+## help: list the targets
+help:
+	@sed -n 's/^## //p' $(MAKEFILE_LIST)
 
 # The virtual environment, rebuilt when requirements.txt or pyproject.toml change.
 $(STAMP): requirements.txt pyproject.toml
@@ -15,7 +19,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
-## book: build the website into _build/html (strict: warnings and notebook errors fail it)
+## book: build the website into _build/html from the stored outputs (any warning fails it)
 book: $(STAMP)
 	$(BIN)/jupyter-book build --all -W -n --keep-going .
 
@@ -23,7 +27,7 @@ book: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest tests chapters --nbval --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=300
-	$(BIN)/ruff check attnlib tests tools
+	$(BIN)/ruff check attnlib tests tools chapters
 	$(MAKE) book
 	$(MAKE) colab-compat
 
@@ -48,5 +52,6 @@ notebooks: $(STAMP)
 student: $(STAMP)
 	$(BIN)/python tools/notebooks.py student --out student
 
+## clean: remove _build, student and .venv-colab
 clean:
 	rm -rf _build student $(COLAB)

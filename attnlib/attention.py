@@ -57,7 +57,7 @@ def attention_scores(q, k, scale=None):
 
 def additive_mask(attn_mask, q, n_keys, batch_shape):
     """The mask as a tensor of q's dtype to add to the scores (0 or -inf for a boolean
-    mask), after checking that it broadcasts to the scores' shape (*batch_shape, L, S).
+    mask), after checking that it broadcasts to the scores' shape `(*batch_shape, L, S)`.
 
     A floating mask of another dtype (float32 with float16 queries, say) is cast to q's
     dtype, as PyTorch does.

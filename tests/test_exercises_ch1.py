@@ -53,7 +53,8 @@ def test_project_qkv_feedback():
     assert_rejects("ch1.project_qkv", swapped, "Q for the example sentence")
     assert_rejects("ch1.project_qkv", unbatched,
                    "should have shape (2, 3, 5, 4), but yours has shape (30, 4)")
-    assert_rejects("ch1.project_qkv", lambda *a: a[0], "return three tensors (Q, K, V)")
+    assert_rejects("ch1.project_qkv", lambda *a: a[0],
+                   "return the three values (Q, K, V), got Tensor")
 
 
 def test_cross_scores_feedback_spots_a_transpose():

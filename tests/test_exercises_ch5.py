@@ -67,8 +67,8 @@ def test_fit_exponent_feedback_spots_typical_mistakes():
     assert_rejects("ch5.fit_exponent", lambda s, v: np.polyfit(np.log(s), np.log(v), 1),
                    "you returned a ndarray of two numbers, the line's slope and intercept "
                    "(as np.polyfit does): return the slope alone, its element [0]")
-    assert_rejects("ch5.fit_exponent", lambda s, v: "2", "return the exponent as one number, "
-                   "got str")
+    assert_rejects("ch5.fit_exponent", lambda s, v: "2",
+                   "the exponent should be a number, got '2'")
     assert_accepts("ch5.fit_exponent", lambda s, v: np.polyfit(np.log(s), np.log(v), 1)[:1])
     assert_accepts("ch5.fit_exponent", lambda s, v: torch.tensor(reference_fit_exponent(s, v)))
 
@@ -90,7 +90,7 @@ def visible_pairs_by_brute_force(n, window):
         (lambda n, d, w: 2 * d * n * (n + 1), "that is full causal attention"),
         (lambda n, d, w: 2 * n * n * d, "that is about full causal attention"),
         (lambda n, d, w: 3 * d * n, "count 4 d FLOPs for each query and each key it can see"),
-        (lambda n, d, w: None, "return the number of FLOPs, got NoneType"),
+        (lambda n, d, w: None, "the number of FLOPs should be a number, got None"),
     ],
 )
 def test_window_flops_feedback_names_the_mistake(wrong, phrase):

@@ -63,9 +63,10 @@ def test_causal_blocks_feedback():
     assert_rejects("ch6.causal_blocks", dict(right, skipped=0), f"{total} tiles in all")
     assert_rejects("ch6.causal_blocks", {"computed": 500500, "skipped": 499500},
                    "count tiles, not scores")
-    assert_rejects("ch6.causal_blocks", {"computed": 36.9, "skipped": 27.1}, "whole numbers")
+    assert_rejects("ch6.causal_blocks", {"computed": 36.9, "skipped": 27.1},
+                   "should be a whole number, got 36.9")
     assert_rejects("ch6.causal_blocks", 36, "answer with a dict")
-    assert_rejects("ch6.causal_blocks", {"computed": "many", "skipped": 1}, "whole numbers")
+    assert_rejects("ch6.causal_blocks", {"computed": "many", "skipped": 1}, "should be a number")
 
 
 def test_normalised_update_feedback():
@@ -106,7 +107,7 @@ def test_normalised_update_feedback():
                    "m after 3 key(s) of query 0 has the right shape but not the right values")
     assert_rejects("ch6.normalised_update", last_score_as_max, "max(m, x)")
     assert_rejects("ch6.normalised_update", lambda m, ell, o, x, v: (m, ell),
-                   "return the triple (m, ell, o)")
+                   "return the three values (m, ell, o)")
 
 
 def test_normalised_update_overflow_names_the_large_scores():
@@ -147,7 +148,8 @@ def test_block_step_feedback():
     assert_rejects("ch6.block_step", acc_not_rescaled, "acc after a later block")
     assert_rejects("ch6.block_step", block_max_only, "m must be max(m, rowmax(scores))")
     assert_rejects("ch6.block_step", ignores_the_old_state, "after a later block")
-    assert_rejects("ch6.block_step", lambda *a: a[:2], "return the triple (m, ell, acc)")
+    assert_rejects("ch6.block_step", lambda *a: a[:2],
+                   "return the three values (m, ell, acc), got a tuple of 2")
 
 
 def test_merge_feedback():
@@ -173,4 +175,4 @@ def test_merge_feedback():
     assert_rejects("ch6.merge", unguarded_weights, "weight each part by exp(lse_part - lse)")
     assert_rejects("ch6.merge", unguarded_weights, "scores near 1000")
     assert_rejects("ch6.merge", unweighted, "weight each part by exp(lse_part - lse)")
-    assert_rejects("ch6.merge", lambda *a: a[0], "return the pair (out, lse)")
+    assert_rejects("ch6.merge", lambda *a: a[0], "return the two values (out, lse)")

@@ -218,9 +218,16 @@ def test_to_additive_rejects_what_is_not_a_boolean_mask():
 
 
 def test_large_negative_number_is_not_a_mask():
-    """Why -inf: -1e9 overflows to -inf in float16 anyway, and in float32 a fully masked
-    row spreads its weight evenly over exactly the keys it must not see."""
-    assert torch.tensor(-1e9, dtype=torch.float16).item() == -math.inf
-    scores = randn(4, seed=18, dtype=torch.float32)
-    weights = torch.softmax(scores - 1e9, dim=-1)
-    torch.testing.assert_close(weights, torch.full((4,), 0.25))
+    """Why -inf (chapter 3): with an additive -1e9 a query that may see no key spreads its
+    weight evenly over exactly the keys it must not see; with a boolean mask (or -inf)
+    attnlib gives it zero weight and a zero output."""
+    q, k, v = (randn(n, 4, seed=seed, dtype=torch.float32) for n, seed in ((3, 18), (5, 19),
+                                                                            (5, 20)))
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[1] = False  # query 1 may see no key
+    hidden = torch.zeros(3, 5).masked_fill(~mask, -1e9)  # float32: -1e9 + score == -1e9
+    _, weights = scaled_dot_product_attention(q, k, v, attn_mask=hidden, return_weights=True)
+    torch.testing.assert_close(weights[1], torch.full((5,), 0.2))
+    out, weights = scaled_dot_product_attention(q, k, v, attn_mask=mask, return_weights=True)
+    assert weights[1].abs().max() == 0 and out[1].abs().max() == 0
+    assert to_additive(mask, dtype=torch.float16)[1].tolist() == [-math.inf] * 5

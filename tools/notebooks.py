@@ -41,7 +41,8 @@ def setup_cell_source(config=ROOT / "_config.yml"):
         "import sys\n"
         "\n"
         'if "google.colab" in sys.modules:\n'
-        f'    %pip install --quiet "attnlib @ git+{url}@{branch}"'
+        f'    REPOSITORY = "{url}"\n'
+        f'    %pip install --quiet "attnlib @ git+{{REPOSITORY}}@{branch}"'
     )
 
 

@@ -90,8 +90,12 @@ def check(name, answer):
 # --- helpers for writing checks ------------------------------------------------------
 
 
-def call(fn, *args, called_with):
-    """Call the learner's function; turn anything it raises into feedback."""
+def call(fn, *args, called_with, hint=None):
+    """Call the learner's function; turn anything it raises into feedback.
+
+    `hint`: a sentence added to that feedback, or a function of the exception that
+    returns one (or None when it has nothing to add).
+    """
     if not callable(fn):
         raise Wrong(f"expected a function, got {type(fn).__name__}: pass the function itself, "
                     "without calling it.")
@@ -101,8 +105,9 @@ def call(fn, *args, called_with):
         raise Wrong("your function still raises NotImplementedError: "
                     "replace that line with your code.") from None
     except Exception as error:
+        extra = hint(error) if callable(hint) else hint
         raise Wrong(f"your function raised {type(error).__name__} ({error}) "
-                    f"when called with {called_with}.") from None
+                    f"when called with {called_with}.{' ' + extra if extra else ''}") from None
 
 
 def require_keys(answer, keys, example):
@@ -116,23 +121,64 @@ def require_keys(answer, keys, example):
                     f"{', '.join(map(repr, missing))}.")
 
 
+def require_parts(got, names):
+    """Raise Wrong unless the learner returned a tuple or list of len(names) parts, named
+    `names` in the feedback ("(Q, K, V)"); return them as a tuple."""
+    if not isinstance(got, (tuple, list)) or len(got) != len(names):
+        what = f"a {type(got).__name__} of {len(got)}" if isinstance(got, (tuple, list)) \
+            else type(got).__name__
+        count = {2: "two", 3: "three"}.get(len(names), len(names))
+        raise Wrong(f"return the {count} values ({', '.join(names)}), got {what}.")
+    return tuple(got)
+
+
+def number(value, what):
+    """`value` as a float if it is a real number (a 0-d tensor or array too, not a bool);
+    else raise Wrong naming `what`."""
+    try:
+        if isinstance(value, (bool, str, bytes)):
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise Wrong(f"{what} should be a number, got {value!r}.") from None
+
+
+def whole_number(value, what):
+    """`value` as an int if it is a whole number (int, integral float, 0-d tensor); else
+    raise Wrong naming `what`."""
+    got = number(value, what)
+    if not got.is_integer():
+        raise Wrong(f"{what} should be a whole number, got {value!r}.")
+    return int(got)
+
+
 def shape_text(shape):
     return "(" + ", ".join(str(s) for s in shape) + ")"
 
 
-def same_tensor(got, expected, what, atol=1e-5, rtol=1e-5):
-    """Raise Wrong unless `got` is a tensor of `expected`'s shape and values."""
+def matches(got, known, atol=1e-5):
+    """Whether the learner's tensor equals a known (right or wrong) answer: same shape,
+    values within atol, NaN where it has NaN."""
+    return (isinstance(got, torch.Tensor) and got.shape == known.shape
+            and torch.allclose(got.detach().double().cpu(), known.detach().double().cpu(),
+                               atol=atol, rtol=0, equal_nan=True))
+
+
+def same_tensor(got, expected, what, atol=1e-5, rtol=1e-5, hint=None):
+    """Raise Wrong unless `got` is a tensor of `expected`'s shape and values; `hint` is
+    added when the shape is right but the values are not."""
     if not isinstance(got, torch.Tensor):
         raise Wrong(f"{what} should be a torch.Tensor, but got {type(got).__name__}.")
     if got.shape != expected.shape:
-        hint = ""
+        transposed = ""
         if expected.dim() >= 2 and got.shape == expected.mT.shape:
-            hint = ": it looks transposed"
+            transposed = ": it looks transposed"
         raise Wrong(f"{what} should have shape {shape_text(expected.shape)}, "
-                    f"but yours has shape {shape_text(got.shape)}{hint}.")
+                    f"but yours has shape {shape_text(got.shape)}{transposed}.")
     got64, expected64 = got.detach().double().cpu(), expected.detach().double().cpu()
     close = torch.isclose(got64, expected64, atol=atol, rtol=rtol, equal_nan=True)
     if not bool(close.all()):
         where = tuple(int(i) for i in torch.nonzero(~close)[0])
         raise Wrong(f"{what} has the right shape but not the right values: at index {where} "
-                    f"expected {expected64[where]:.4g}, got {got64[where]:.4g}.")
+                    f"expected {expected64[where]:.6g}, got {got64[where]:.6g}"
+                    f"{': ' + hint if hint else ''}.")

@@ -3,7 +3,15 @@
 import torch
 
 from attnlib import projections
-from attnlib.exercises import Wrong, call, exercise, require_keys, same_tensor, shape_text
+from attnlib.exercises import (
+    Wrong,
+    call,
+    exercise,
+    require_keys,
+    require_parts,
+    same_tensor,
+    shape_text,
+)
 
 #: The setting of the shape-prediction exercise.
 SHAPES_SETTING = {"N": 5, "d_model": 8, "d_k": 3, "d_v": 4}
@@ -71,13 +79,9 @@ def check_project_qkv(my_qkv):
     cases.append(("a batch x of shape (2, 3, 5, 8), d_k = 4, d_v = 6", x_batch,
                   projections.random_projections(8, 4, 6, seed=1)))
     for description, x_case, weights in cases:
-        try:
-            got = call(my_qkv, x_case, *weights, called_with=description)
-        except Wrong as wrong:
-            hint = " Use @, which handles leading batch dimensions." if x_case.dim() > 2 else ""
-            raise Wrong(f"{wrong}{hint}") from None
-        if not isinstance(got, (tuple, list)) or len(got) != 3:
-            raise Wrong(f"return three tensors (Q, K, V), got {type(got).__name__}.")
+        hint = "Use @, which handles leading batch dimensions." if x_case.dim() > 2 else None
+        got = require_parts(call(my_qkv, x_case, *weights, called_with=description, hint=hint),
+                            "QKV")
         for what, g, e in zip("QKV", got, projections.qkv(x_case, *weights), strict=True):
             same_tensor(g, e, f"{what} for {description}")
     return "one matrix product per projection, and it works for any leading batch dimensions."

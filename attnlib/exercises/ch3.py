@@ -1,13 +1,21 @@
 """Checks for chapter 3: causal masking."""
 
 import math
-import numbers
 import warnings
 
 import torch
 
 from attnlib.attention import scaled_dot_product_attention
-from attnlib.exercises import Wrong, call, exercise, require_keys, same_tensor
+from attnlib.exercises import (
+    Wrong,
+    call,
+    exercise,
+    matches,
+    require_keys,
+    require_parts,
+    same_tensor,
+    whole_number,
+)
 from attnlib.masking import causal_mask, sliding_window_mask
 
 #: The setting of the prediction exercise.
@@ -24,12 +32,7 @@ def check_visible_pairs(answer):
                              f"fewer than {window} positions behind them"}
     require_keys(answer, list(expected), "{'causal': 0, 'sliding_window': 0}")
     for key, count in expected.items():
-        got = answer[key]
-        whole = isinstance(got, numbers.Integral) or (
-            isinstance(got, float) and got.is_integer())
-        if isinstance(got, bool) or not whole:
-            raise Wrong(f"{key} should be a whole number of (query, key) pairs, got {got!r}.")
-        got = int(got)
+        got = whole_number(answer[key], f"{key} (a count of (query, key) pairs)")
         if got != count:
             raise Wrong(f"{key} allows {count} pairs, not {got}: {why[key]}.")
     return (f"{expected['causal']} of the {n * n} pairs for causal, about half; a sliding window "
@@ -79,12 +82,6 @@ def _call_causal_attention(causal_attention, q, k, v, description):
         raise
 
 
-def _close(got, wrong):
-    """Whether the learner's tensor matches a known wrong answer, NaN for NaN."""
-    return torch.allclose(got.detach().double().cpu(), wrong.double(), atol=1e-5,
-                          equal_nan=True)
-
-
 def _textbook(q, k, v, sees, dim=-1):
     """softmax(q k^T / sqrt(d_k), masked where `sees` is False) v, NaN rows included."""
     scores = (q @ k.mT / math.sqrt(q.shape[-1])).masked_fill(~sees, -math.inf)
@@ -96,33 +93,32 @@ def check_causal_attention(causal_attention):
     for description, q, k, v in _reference_cases():
         got = _call_causal_attention(causal_attention, q, k, v, description)
         expected = scaled_dot_product_attention(q, k, v, is_causal=True)
-        if isinstance(got, torch.Tensor) and got.shape == expected.shape:
-            n = q.shape[-2]
-            lower = causal_mask(n)
-            scores = q @ k.mT / math.sqrt(q.shape[-1])
-            mistakes = [
-                (torch.softmax(scores, dim=-1) * lower @ v,
-                 "your output is what zeroing the weights AFTER the softmax gives, so the rows "
-                 "no longer sum to 1: mask the scores with -inf BEFORE it."),
-                (_textbook(q, k, v, lower.T),
-                 "your queries see the future and not the past: query i may attend to keys "
-                 "0..i, the lower triangle (tril), not the upper one."),
-                (_textbook(q, k, v, ~lower),
-                 "masked_fill fills where the mask is True: invert the mask, "
-                 "masked_fill(~mask, -inf), to hide the keys a query may NOT see."),
-                (_textbook(q, k, v, lower.tril(-1)),
-                 "a query may also see itself: the diagonal is allowed, so use tril(), "
-                 "not tril(-1)."),
-                (_textbook(q, k, v, lower, dim=-2),
-                 "your softmax runs over the queries: each query's weights over the keys "
-                 "must sum to 1, so use softmax(dim=-1)."),
-                (scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0),
-                 "your output is right except for the scale: divide the scores by sqrt(d_k) "
-                 "before the softmax."),
-            ]
-            for wrong, sentence in mistakes:
-                if _close(got, wrong):
-                    raise Wrong(sentence)
+        n = q.shape[-2]
+        lower = causal_mask(n)
+        scores = q @ k.mT / math.sqrt(q.shape[-1])
+        mistakes = [
+            (torch.softmax(scores, dim=-1) * lower @ v,
+             "your output is what zeroing the weights AFTER the softmax gives, so the rows "
+             "no longer sum to 1: mask the scores with -inf BEFORE it."),
+            (_textbook(q, k, v, lower.T),
+             "your queries see the future and not the past: query i may attend to keys "
+             "0..i, the lower triangle (tril), not the upper one."),
+            (_textbook(q, k, v, ~lower),
+             "masked_fill fills where the mask is True: invert the mask, "
+             "masked_fill(~mask, -inf), to hide the keys a query may NOT see."),
+            (_textbook(q, k, v, lower.tril(-1)),
+             "a query may also see itself: the diagonal is allowed, so use tril(), "
+             "not tril(-1)."),
+            (_textbook(q, k, v, lower, dim=-2),
+             "your softmax runs over the queries: each query's weights over the keys "
+             "must sum to 1, so use softmax(dim=-1)."),
+            (scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0),
+             "your output is right except for the scale: divide the scores by sqrt(d_k) "
+             "before the softmax."),
+        ]
+        for wrong, sentence in mistakes:
+            if matches(got, wrong):
+                raise Wrong(sentence)
         same_tensor(got, expected, f"the output for {description}")
     return "-inf before the softmax: every row still sums to 1 over the keys it may see."
 
@@ -143,34 +139,29 @@ def check_decode_step(decode_step):
                        f"d_k = 4, d_v = 5")
         got = call(decode_step, new, cached @ w_k, cached @ w_v, w_q, w_k, w_v,
                    called_with=description)
-        if not isinstance(got, (tuple, list)) or len(got) != 3:
-            raise Wrong(f"return three tensors (output, cache_k, cache_v), "
-                        f"got {type(got).__name__}.")
-        out, cache_k, cache_v = got
+        out, cache_k, cache_v = require_parts(got, ("output", "cache_k", "cache_v"))
         q, k, v = x @ w_q, x @ w_k, x @ w_v
         prepended = torch.cat([k[n_cached:], k[:n_cached]])
-        if isinstance(cache_k, torch.Tensor) and cache_k.shape == k.shape and _close(
-                cache_k, prepended):
+        if matches(cache_k, prepended):
             raise Wrong(f"with {description}, your cache_k starts with the new keys: new keys "
                         f"go at the end, torch.cat([cache_k, x_new @ w_k]).")
         same_tensor(cache_k, k, f"the updated cache_k for {description}")
         same_tensor(cache_v, v, f"the updated cache_v for {description}")
         expected = scaled_dot_product_attention(q, k, v, is_causal=True)[n_cached:]
         new_q = q[n_cached:]
-        if isinstance(out, torch.Tensor) and out.shape == expected.shape:
-            top_left = scaled_dot_product_attention(new_q, k, v, is_causal=True)
-            no_mask = scaled_dot_product_attention(new_q, k, v)
-            old_cache_only = scaled_dot_product_attention(new_q, k[:n_cached], v[:n_cached])
-            if _close(out, old_cache_only):
-                raise Wrong(f"with {description}, your new tokens see only the old cache: a new "
-                            f"token must also see itself, so append first, then attend.")
-            if _close(out, top_left):
-                raise Wrong(f"with {description}, your new queries see keys as if they were the "
-                            f"FIRST positions (top-left, is_causal): they are the last "
-                            f"{n_new}, so use kv_cache_causal_mask({n_new}, {n_cached + n_new}).")
-            if n_new > 1 and _close(out, no_mask):
-                raise Wrong(f"with {description}, your new tokens see each other's future: new "
-                            f"token i may see the cache and new tokens 0..i, not later ones.")
+        top_left = scaled_dot_product_attention(new_q, k, v, is_causal=True)
+        no_mask = scaled_dot_product_attention(new_q, k, v)
+        old_cache_only = scaled_dot_product_attention(new_q, k[:n_cached], v[:n_cached])
+        if matches(out, old_cache_only):
+            raise Wrong(f"with {description}, your new tokens see only the old cache: a new "
+                        f"token must also see itself, so append first, then attend.")
+        if matches(out, top_left):
+            raise Wrong(f"with {description}, your new queries see keys as if they were the "
+                        f"FIRST positions (top-left, is_causal): they are the last "
+                        f"{n_new}, so use kv_cache_causal_mask({n_new}, {n_cached + n_new}).")
+        if n_new > 1 and matches(out, no_mask):
+            raise Wrong(f"with {description}, your new tokens see each other's future: new "
+                        f"token i may see the cache and new tokens 0..i, not later ones.")
         same_tensor(out, expected, f"the output for {description}")
     return ("each step computes K and V for the new tokens only, and its outputs are the rows "
             "full causal attention would give.")

@@ -4,7 +4,7 @@ import torch
 
 from attnlib import multihead
 from attnlib.attention import scaled_dot_product_attention
-from attnlib.exercises import Wrong, call, exercise, require_keys, same_tensor
+from attnlib.exercises import Wrong, call, exercise, matches, require_keys, same_tensor
 from attnlib.multihead import merge_heads
 
 #: The sentence of the prediction exercise, and the token whose row is asked about.
@@ -37,9 +37,11 @@ def check_head_targets(answer):
             f"{expected['topic']!r}, the word with the most money: two places at once.")
 
 
-def _close(got, wrong):
-    """Whether the learner's tensor equals a known wrong answer."""
-    return torch.allclose(got.detach().double().cpu(), wrong.double(), atol=1e-5)
+def _view_hint(error):
+    if "view size is not compatible" in str(error):
+        return ("view fails after transpose (the tensor is no longer contiguous in memory): "
+                "use reshape.")
+    return None
 
 
 @exercise("ch4.merge_heads")
@@ -48,25 +50,18 @@ def check_merge_heads(my_merge_heads):
     for shape in ((2, 3, 5, 4), (1, 4, 2, 3)):
         x = torch.randn(*shape, generator=gen)
         description = f"x of shape {shape} (B, h, N, d_head)"
-        try:
-            got = call(my_merge_heads, x, called_with=description)
-        except Wrong as wrong:
-            if "view size is not compatible" in str(wrong):
-                raise Wrong(f"with {description}, view fails after transpose (the tensor is no "
-                            f"longer contiguous in memory): use reshape.") from None
-            raise
+        got = call(my_merge_heads, x, called_with=description, hint=_view_hint)
         expected = merge_heads(x)
         b, h, n, d_head = shape
-        if isinstance(got, torch.Tensor) and got.shape == expected.shape:
-            if _close(got, x.reshape(b, n, h * d_head)):
-                raise Wrong(f"for {description} a plain reshape to (B, N, h * d_head) mixes "
-                            f"tokens: bring each token's heads together first, "
-                            f"x.transpose(1, 2), then reshape.")
-            if _close(got, x.permute(0, 2, 3, 1).reshape(b, n, h * d_head)):
-                raise Wrong(f"for {description} your features alternate between heads: head j "
-                            f"must give the contiguous features j * d_head ... "
-                            f"(j + 1) * d_head - 1, so flatten (B, N, h, d_head), not "
-                            f"(B, N, d_head, h).")
+        if matches(got, x.reshape(b, n, h * d_head)):
+            raise Wrong(f"for {description} a plain reshape to (B, N, h * d_head) mixes "
+                        f"tokens: bring each token's heads together first, "
+                        f"x.transpose(1, 2), then reshape.")
+        if matches(got, x.permute(0, 2, 3, 1).reshape(b, n, h * d_head)):
+            raise Wrong(f"for {description} your features alternate between heads: head j "
+                        f"must give the contiguous features j * d_head ... "
+                        f"(j + 1) * d_head - 1, so flatten (B, N, h, d_head), not "
+                        f"(B, N, d_head, h).")
         same_tensor(got, expected, f"the merged heads for {description}")
     return ("each token gets its heads' outputs side by side, head 0's features first: "
             "(B, N, h * d_head), ready for W_O.")
@@ -83,9 +78,8 @@ def _works_with_as_many_kv_heads(grouped_query_attention, q, k, v):
     expanded_k, expanded_v = (t.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
                               for t in (k, v))
     try:
-        got = grouped_query_attention(q, expanded_k, expanded_v)
-        return isinstance(got, torch.Tensor) and got.shape == q.shape and _close(
-            got, _grouped_reference(q, k, v))
+        return matches(grouped_query_attention(q, expanded_k, expanded_v),
+                       _grouped_reference(q, k, v))
     except Exception:
         return False
 
@@ -97,18 +91,16 @@ def check_grouped_query(grouped_query_attention):
         q = torch.randn(2, heads, 5, 4, generator=gen)
         k, v = (torch.randn(2, groups, 5, 4, generator=gen) for _ in range(2))
         description = f"{heads} query heads and {groups} key/value head(s)"
-        try:
-            got = call(grouped_query_attention, q, k, v, called_with=description)
-        except Wrong:
+        def hint(error, q=q, k=k, v=v, heads=heads, groups=groups):
             if groups > 1 and _works_with_as_many_kv_heads(grouped_query_attention, q, k, v):
-                raise Wrong(f"with {description}, your function fails, but works when k and v "
-                            f"have {heads} heads: k and v have g heads, so first give each "
-                            f"query head its key/value head (repeat_interleave).") from None
-            raise
+                return (f"It works when k and v have {heads} heads: k and v have g heads, so "
+                        f"first give each query head its key/value head (repeat_interleave).")
+            return None
+
+        got = call(grouped_query_attention, q, k, v, called_with=description, hint=hint)
         tiled = scaled_dot_product_attention(q, *(t.repeat(1, heads // groups, 1, 1)
                                                   for t in (k, v)))
-        if 1 < groups < heads and isinstance(got, torch.Tensor) and got.shape == q.shape \
-                and _close(got, tiled):
+        if 1 < groups < heads and matches(got, tiled):
             raise Wrong(f"with {description}, query head i must use key/value head "
                         f"i // {heads // groups}; your heads cycle through the groups "
                         f"(repeat) instead of sharing them in blocks (repeat_interleave).")

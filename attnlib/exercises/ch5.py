@@ -1,13 +1,12 @@
 """Checks for chapter 5: the quadratic cost of attention."""
 
 import math
-import numbers
 import random
 
 import torch
 
 from attnlib import cost, measure
-from attnlib.exercises import Wrong, call, exercise, require_keys
+from attnlib.exercises import Wrong, call, exercise, number, require_keys, whole_number
 
 #: The setting of the doubling prediction: one float32 head of width 64, N from 4096 to 8192.
 DOUBLING_SETTING = {"n": 4096, "d": 64, "d_model": 64, "dtype": torch.float32}
@@ -38,10 +37,7 @@ def doubling_factors(n, d, d_model, dtype):
 def check_doubling(answer):
     expected = doubling_factors(**DOUBLING_SETTING)
     require_keys(answer, list(expected), "{'attention_flops': ..., ...} (one factor per key)")
-    for key in expected:
-        got = answer[key]
-        if isinstance(got, bool) or not isinstance(got, numbers.Real):
-            raise Wrong(f"{key} should be a number (the factor), got {got!r}.")
+    answer = {key: number(answer[key], key) for key in expected}
     wrong = [f"{key} does not grow by {answer[key]:g} ({_DOUBLING_HINTS[key]})"
              for key, factor in expected.items() if not math.isclose(answer[key], factor)]
     if wrong:
@@ -78,8 +74,7 @@ def check_fit_exponent(my_fit_exponent):
         if isinstance(got, (list, tuple)) and len(got) == 2:
             raise Wrong(f"you returned a {kind} of two numbers, the line's slope and intercept "
                         "(as np.polyfit does): return the slope alone, its element [0].")
-        if isinstance(got, bool) or not isinstance(got, numbers.Real):
-            raise Wrong(f"return the exponent as one number, got {kind}.")
+        got = number(got, "the exponent")
         if not math.isclose(got, expected, rel_tol=1e-6):
             endpoints = math.log(values[-1] / values[0]) / math.log(sizes[-1] / sizes[0])
             if math.isclose(got, endpoints, rel_tol=1e-6):
@@ -127,8 +122,7 @@ def check_window_flops(window_flops):
         expected = window_flops_reference(n, d, window)
         setting = f"n = {n}, d = {d}, window = {window}"
         got = call(window_flops, n, d, window, called_with=setting)
-        if isinstance(got, bool) or not isinstance(got, numbers.Real):
-            raise Wrong(f"return the number of FLOPs, got {type(got).__name__}.")
+        got = whole_number(got, "the number of FLOPs")
         if got != expected:
             hint = next((hint for mistake, hint in _window_flops_mistakes(n, d, window)
                          if got == mistake != expected),

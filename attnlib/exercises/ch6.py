@@ -5,32 +5,11 @@ import math
 import torch
 
 from attnlib import flash
-from attnlib.exercises import Wrong, call, exercise, same_tensor
+from attnlib.exercises import Wrong, call, exercise, require_parts, same_tensor, whole_number
 
 #: The setting of the tile-counting exercise: a causal mask over N tokens, tiles of
 #: block_q queries by block_k keys (the last block of each side is shorter).
 CAUSAL_BLOCKS_SETTING = {"N": 1000, "block_q": 128, "block_k": 64}
-
-
-def _same_tensor_or_hint(got, expected, what, hint, **tolerances):
-    """same_tensor, with `hint` added when the shape is right but the values are not."""
-    try:
-        same_tensor(got, expected, what, **tolerances)
-    except Wrong as wrong:
-        if "not the right values" not in str(wrong):
-            raise
-        raise Wrong(f"{str(wrong)[:-1]}: {hint}.") from None
-
-
-def _whole_number(value):
-    """value as an int when it is a whole number (int, integral float, 0-d tensor), else None."""
-    if isinstance(value, (bool, str, bytes)):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError, RuntimeError):
-        return None
-    return int(number) if number.is_integer() else None
 
 
 @exercise("ch6.causal_blocks")
@@ -43,10 +22,7 @@ def check_causal_blocks(answer):
     if not isinstance(answer, dict) or set(answer) != set(expected):
         raise Wrong("answer with a dict {'computed': ..., 'skipped': ...}, "
                     f"got {answer!r}.")
-    got = {key: _whole_number(value) for key, value in answer.items()}
-    if None in got.values():
-        raise Wrong("the counts should be whole numbers of tiles, got "
-                    f"computed = {answer['computed']!r} and skipped = {answer['skipped']!r}.")
+    got = {key: whole_number(value, f"{key} (a count of tiles)") for key, value in answer.items()}
     if got["computed"] in (n * (n + 1) // 2, n * (n - 1) // 2) or sum(got.values()) == n * n:
         raise Wrong(f"count tiles, not scores: a tile is a block of {block_q} queries by "
                     f"{block_k} keys, and it is computed or skipped as a whole.")
@@ -107,17 +83,15 @@ def check_normalised_update(my_normalised_update):
             x = torch.tensor(scores[t - 1])
             got = call(my_normalised_update, m, ell, o, x, values[t - 1],
                        called_with=f"query {query}'s score {scores[t - 1]:g} (key {t})")
-            if not isinstance(got, (tuple, list)) or len(got) != 3:
-                raise Wrong(f"return the triple (m, ell, o), got {type(got).__name__}.")
-            m, ell, o = (_as_tensor(part) for part in got)
+            m, ell, o = (_as_tensor(part) for part in require_parts(got, ("m", "ell", "o")))
             seen = torch.tensor(scores[:t], dtype=torch.float64)
             expected_m = seen.max()
             weights = torch.exp(seen - expected_m)
             expected_ell = weights.sum()
             expected_o = (weights / expected_ell) @ values[:t].double()
             after = f"after {t} key(s) of query {query}"
-            _same_tensor_or_hint(m, expected_m.float(), f"m {after}",
-                                 "m is the largest score so far, max(m, x)")
+            same_tensor(m, expected_m.float(), f"m {after}",
+                        hint="m is the largest score so far, max(m, x)")
             for name, got_part, expected_part in (("ell", ell, expected_ell),
                                                   ("o", o, expected_o)):
                 if isinstance(got_part, torch.Tensor) and not torch.isfinite(got_part).all():
@@ -132,7 +106,7 @@ def check_normalised_update(my_normalised_update):
                             "o is normalised, so the old output carries the weight "
                             "exp(m - m') ell / ell' in the new one and v the weight "
                             "exp(x - m') / ell'")
-                _same_tensor_or_hint(got_part, expected_part.float(), f"{name} {after}", hint)
+                same_tensor(got_part, expected_part.float(), f"{name} {after}", hint=hint)
     return ("this is FlashAttention-1's update: it divides by ell at every step, where "
             "FlashAttention-2 keeps the output unnormalised and divides once at the end.")
 
@@ -162,11 +136,10 @@ def check_block_step(my_block_step):
     for description, state, s_block, v_block in cases:
         args = [t.clone() for t in (*state, s_block, v_block)]
         got = call(my_block_step, *args, called_with=description)
-        if not isinstance(got, (tuple, list)) or len(got) != 3:
-            raise Wrong(f"return the triple (m, ell, acc), got {type(got).__name__}.")
+        got = require_parts(got, ("m", "ell", "acc"))
         expected = flash.block_step(*(t.clone() for t in (*state, s_block, v_block)))
-        _same_tensor_or_hint(got[0], expected[0], f"m after {description}",
-                             "m must be max(m, rowmax(scores)), the old maximum included")
+        same_tensor(got[0], expected[0], f"m after {description}",
+                    hint="m must be max(m, rowmax(scores)), the old maximum included")
         for name, g, e in zip(("ell", "acc"), got[1:], expected[1:], strict=True):
             same_tensor(g, e, f"{name} after {description}")
     return "rescale the old state by exp(m_old - m_new), then add the new block's share."
@@ -199,15 +172,14 @@ def check_merge(my_merge):
                                         (4, 1000.0, "keys split 4 + 5, scores near 1000")]:
         (out, lse), (out1, lse1), (out2, lse2) = _parts(gen, n_first, shift)
         got = call(my_merge, out1, lse1, out2, lse2, called_with=description)
-        if not isinstance(got, (tuple, list)) or len(got) != 2:
-            raise Wrong(f"return the pair (out, lse), got {type(got).__name__}.")
+        got = require_parts(got, ("out", "lse"))
         if isinstance(got[1], torch.Tensor) and (got[1] == math.inf).any():
             raise Wrong(f"lse with the {description} overflowed to infinity: add the two "
                         "normalisers in log space, with torch.logaddexp or by subtracting "
                         "the larger lse before exp.")
         same_tensor(got[1], lse, f"lse with the {description}")
-        _same_tensor_or_hint(got[0], out, f"the output with the {description}",
-                             "weight each part by exp(lse_part - lse), its share of the "
-                             "whole normaliser")
+        same_tensor(got[0], out, f"the output with the {description}",
+                    hint="weight each part by exp(lse_part - lse), its share of the whole "
+                         "normaliser")
     return ("each part's output is weighted by its share of the normaliser, exp(lse_part - "
             "lse): this is how a long sequence is split across processors.")
