@@ -128,7 +128,8 @@ def recall_outputs(task, method, window=None, sharpness=SHARPNESS, decay=1.0):
     "linear" (causal `linear_attention` with phi = elu + 1, q and k scaled by
     `sharpness`), "linear memory" (causal linear attention without feature map or
     normaliser: sum_{i <= t} (q_t . k_i) v_i), "scan" (`ssm.selective_scan` with x = v,
-    b = k, c = q and every decay a = `decay`; with decay 1 it equals "linear memory").
+    b = k, c = q and every decay a = `decay`, by the loop, which equals the parallel scan;
+    with decay 1 it equals "linear memory").
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -147,7 +148,7 @@ def recall_outputs(task, method, window=None, sharpness=SHARPNESS, decay=1.0):
                                       normalize=False)
     else:
         decays = torch.full((*v.shape, k.shape[-1]), float(decay), dtype=v.dtype)
-        out = ssm.selective_scan(v, decays, k, q)
+        out = ssm.selective_scan(v, decays, k, q, method="sequential")
     return out[task.query_positions]
 
 
