@@ -15,12 +15,12 @@ best it can, and what fails then fails because of the mechanism.
 pair i: key k_i and value v_i, unit vectors in d dimensions (one position holds both, as
 after the "previous token" step that a trained model learns first).  The values are
 random; the keys are random too, or (keys="orthogonal") the best a d x d state allows:
-orthonormal while pairs <= d, and beyond that a tight frame, sum_i k_i k_i^T = (pairs/d) I,
-which spreads the unavoidable overlap evenly.  Positions
-pairs .. N - 1 are the queries, each pair asked once in a random order: the query vector
-is the asked key, and the key and value there are 0, so the queries write nothing.  A
-method's output at a query position is read by `decode`: the value it is closest to (dot
-product), or -1 when the output is exactly 0 (nothing retrieved).
+orthonormal while pairs <= d, beyond that a tight frame, sum_i k_i k_i^T = (pairs/d) I,
+which spreads the unavoidable overlap evenly.  Positions pairs .. N - 1 are the queries,
+each pair asked once in a random order: the query vector is the asked key, and the key
+and value there are 0, so the queries write nothing.  A method's output at a query
+position is read by `decode`: the value it is closest to (dot product), or -1 when the
+output is exactly 0 (nothing retrieved).
 
 - softmax attention keeps every key and value: with enough sharpness (the scale of the
   scores) it finds the exact key, at any number of pairs;
@@ -28,16 +28,17 @@ product), or -1 when the output is exactly 0 (nothing retrieved).
   (`predicted_window_recall`);
 - linear attention keeps sum_i phi(k_i) v_i^T, a d x d state: reading it with the asked
   key returns v_j plus crosstalk sum_{i != j} (k_i . k_j) v_i from every other pair.  At
-  most d keys can be orthogonal in d dimensions, so at most d pairs come back clean:
-  beyond, the squared overlaps of any unit keys add up to at least pairs/d - 1 per query
-  (sum_ij (k_i . k_j)^2 = |K^T K|_F^2 >= trace(K^T K)^2 / d = pairs^2 / d, the bound
-  of Welch, 1974, "Lower bounds on the maximum cross correlation of signals", IEEE
-  Transactions on Information Theory), reached by the orthogonal keys.  Random keys
-  overlap from the first pair on, k_i . k_j of mean square 1/d: crosstalk of size
-  sqrt((pairs - 1) / d) (`predicted_crosstalk`), as large as the value once pairs > d.
-  Reading out which value came back (`decode`) tolerates some crosstalk; its failure rate
-  is `predicted_recall`.  The elu + 1 feature map is positive, so every phi(k_i) . phi(k_j)
-  is positive too and the crosstalk is larger still;
+  most d keys can be orthogonal in d dimensions, so at most d pairs come back clean.
+  Beyond, the squared overlaps of any unit keys add up to at least pairs/d - 1 per query
+  on average: sum_ij (k_i . k_j)^2, the squared Frobenius norm of K^T K, is at least
+  trace(K^T K)^2 / d = pairs^2 / d (the bound of Welch, 1974, "Lower bounds on the
+  maximum cross correlation of signals", IEEE Transactions on Information Theory), and
+  the orthogonal keys reach it.  Random keys overlap from the second pair on, k_i . k_j
+  of mean square 1/d: crosstalk of size sqrt((pairs - 1) / d) (`predicted_crosstalk`),
+  as large as the value once pairs > d.  Telling which value came back (`decode`)
+  tolerates some crosstalk; `predicted_recall` is the chance that it still succeeds.
+  The elu + 1 feature map is positive, so every phi(k_i) . phi(k_j) is positive too and
+  the crosstalk is larger still;
 - the scan with no decay keeps the same d x d state (x = v, b = k, c = q): the same
   numbers as linear attention without feature map or normaliser, and the same limit.
 """
@@ -172,9 +173,9 @@ def recall_accuracy(task, method, **options):
 
 
 def measured_crosstalk(task, outputs):
-    """Root mean square over the queries of |output - asked value|: what the other pairs
-    add to the retrieved value, for a method that returns value + crosstalk ("linear
-    memory", "scan"; about 0 for "softmax")."""
+    """Root mean square over the queries of the norm of (output - asked value): what the
+    other pairs add to the retrieved value, for a method that returns value + crosstalk
+    ("linear memory", "scan"; about 0 for "softmax")."""
     return (outputs - task.values[task.answers]).norm(dim=-1).pow(2).mean().sqrt().item()
 
 

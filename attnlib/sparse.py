@@ -106,7 +106,7 @@ def window_global_mask(n, window, global_tokens=(), is_causal=False, device=None
     """Boolean mask (n, n) of a sliding window plus global tokens: True where query i may
     attend to key j.
 
-    mask[i, j] = |i - j| < window, or i or j is a global token (Longformer's pattern);
+    mask[i, j] = abs(i - j) < window, or i or j is a global token (Longformer's pattern);
     with is_causal, only j <= i of that: the causal band 0 <= i - j < window of
     `masking.sliding_window_mask`, plus the global tokens' columns and rows up to the
     diagonal.  `global_tokens`: positions (any order, repeats ignored), () for none.
@@ -209,7 +209,7 @@ def visible_pairs(n, window, n_global=0, causal=False):
     The global tokens are the first n_global positions.  Causal: the global rows see
     1, 2, ..., n_global keys; every other row i sees min(i + 1, window) keys of its band
     plus the global keys to the left of the band.  Not causal: the global rows see all n
-    keys; row i sees its band |i - j| < window, cut at both ends, plus those global keys.
+    keys; row i sees its band abs(i - j) < window, cut at both ends, plus those global keys.
     """
     _check_window_sizes(n, window, n_global)
     g, w = n_global, window
