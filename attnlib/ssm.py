@@ -26,6 +26,8 @@ which lists solving recurrences among the uses of a scan with an associative ope
 - `SelectiveSSM`: the layer with the parameters computed from x as Mamba does.
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -133,7 +135,8 @@ class SelectiveSSM(torch.nn.Module):
     mamba_ssm/ops/selective_scan_interface.py).
     Returns `selective_scan(delta * x, a, b, c, method)`: (..., N, d).  A_log starts at
     log(1), ..., log(d_state) in every channel and the bias so that delta lies between
-    0.001 and 0.1, as Mamba initialises them.
+    0.001 and 0.1 (log-uniform), as Mamba's code initialises them
+    (mamba_ssm/modules/mamba_simple.py in the same repository).
     """
 
     def __init__(self, d, d_state=16, method="parallel", seed=0):
@@ -150,9 +153,8 @@ class SelectiveSSM(torch.nn.Module):
         with torch.no_grad():
             for layer in (self.to_delta, self.to_b, self.to_c):
                 layer.weight.normal_(0, d ** -0.5, generator=gen)
-            delta = torch.exp(torch.rand(d, generator=gen) * (torch.log(torch.tensor(0.1))
-                                                              - torch.log(torch.tensor(1e-3)))
-                              + torch.log(torch.tensor(1e-3)))
+            low, high = math.log(1e-3), math.log(0.1)  # delta log-uniform in [0.001, 0.1]
+            delta = torch.exp(low + (high - low) * torch.rand(d, generator=gen))
             self.to_delta.bias.copy_(delta + torch.log(-torch.expm1(-delta)))  # softplus^-1
 
     def forward(self, x):
