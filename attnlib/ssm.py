@@ -126,7 +126,8 @@ def selective_scan(x, a, b, c, method="parallel"):
 class SelectiveSSM(torch.nn.Module):
     """The selective state-space layer of Mamba (Gu & Dao, 2023,
     https://arxiv.org/abs/2312.00752, Algorithm 2), without the convolution, gate and skip
-    connection of its block.
+    connection of its block, and with delta from a full d x d projection where Mamba uses
+    a low-rank one.
 
     For x: (..., N, d): step sizes delta = softplus(x W_delta + bias) (..., N, d); decays
     a = exp(delta * A) with A = -exp(A_log) < 0 (d, d_state), so 0 < a < 1; b = x W_B and
