@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 COLAB := .venv-colab
 
-.PHONY: help book test colab-compat notebooks student clean
+.PHONY: help book test colab-compat notebooks student gpu-record clean
 
 ## help: list the targets
 help:
@@ -51,6 +51,12 @@ notebooks: $(STAMP)
 ## student: copies of the chapters without solutions, in student/
 student: $(STAMP)
 	$(BIN)/python tools/notebooks.py student --out student
+
+## gpu-record: on a CUDA GPU, chapter 7's comparison (SWEEP=full|quick), written into records/
+SWEEP ?= full
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+gpu-record:
+	$(GPU_PYTHON) -m attnlib.benchmark --record $(SWEEP) --device cuda
 
 ## clean: remove _build, student and .venv-colab
 clean:

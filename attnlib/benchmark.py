@@ -26,6 +26,8 @@ import json
 import platform
 import sys
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -131,6 +133,249 @@ def sweep_blocks(n, setting, sizes, causal=(False, True), min_run_time=1.0, prog
     return records
 
 
+# --- the GPU comparison (chapter 7) --------------------------------------------------------
+
+#: PyTorch's backends behind F.scaled_dot_product_attention, forced one at a time.
+SDPA_BACKENDS = {"sdpa-math": "MATH", "sdpa-efficient": "EFFICIENT_ATTENTION",
+                 "sdpa-flash": "FLASH_ATTENTION", "sdpa-cudnn": "CUDNN_ATTENTION"}
+
+#: FLOPs of the backward pass against the forward's: five N x N x d matrix products (the
+#: scores recomputed, dV, dP, dQ, dK) against two, the convention of FlashAttention's own
+#: benchmarks (Dao, 2023, https://github.com/Dao-AILab/flash-attention, benchmarks/).
+BACKWARD_FLOP_FACTOR = 2.5
+
+
+def sdpa_backend(name):
+    """f(q, k, v, is_causal) that runs F.scaled_dot_product_attention with only the backend
+    `name` of `SDPA_BACKENDS` allowed (torch.nn.attention.sdpa_kernel)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = getattr(SDPBackend, SDPA_BACKENDS[name])
+
+    def attend(q, k, v, is_causal=False):
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+
+    attend.__name__ = name
+    return attend
+
+
+def comparison_implementations(include_triton=True):
+    """What chapter 7 compares: naive (chapter 2), tiled (chapter 6), the course's Triton
+    kernel (when Triton is installed) and each of PyTorch's SDPA backends."""
+    implementations = {"naive": attention.scaled_dot_product_attention,
+                       "tiled": flash.flash_attention}
+    if include_triton:
+        try:
+            from attnlib.triton_attention import triton_attention
+        except ImportError:  # no Triton: the record says so through its absence
+            pass
+        else:
+            implementations["triton"] = triton_attention
+    implementations.update({name: sdpa_backend(name) for name in SDPA_BACKENDS})
+    return implementations
+
+
+def why_unavailable(fn, q, k, v, is_causal):
+    """None if fn(q, k, v, is_causal=...) runs, else why not, in PyTorch's (or the
+    implementation's) own words: the warnings it gave and its error."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            fn(q, k, v, is_causal=is_causal)
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, ValueError, TypeError, ImportError, NotImplementedError) as error:
+            reasons = [str(w.message).strip() for w in caught] + [f"{error}".strip()]
+            return " ".join(dict.fromkeys(r.splitlines()[0] for r in reasons if r))
+    return None
+
+
+class Case(NamedTuple):
+    """One setting of the GPU comparison."""
+
+    implementation: str
+    dtype: str
+    d: int
+    causal: bool
+    backward: bool  #: forward and backward together, or the forward alone
+
+
+def case_flops(case, n, setting):
+    """Attention FLOPs of one call: `cost.attention_flops`, times 1 + BACKWARD_FLOP_FACTOR
+    for forward and backward."""
+    forward = cost.attention_flops(n, case.d, setting.heads, setting.batch, case.causal)
+    return forward * (1 + BACKWARD_FLOP_FACTOR) if case.backward else forward
+
+
+def run_case(fn, case, n, setting, peak_tflops, min_run_time=0.1):
+    """Time and peak memory of one case at one N: a record (dict) whose "status" is "ok",
+    "does not fit" (out of memory) or "unavailable" (with PyTorch's reason)."""
+    record = {"n": n, **case._asdict()}
+    dtype = DTYPES[case.dtype]
+    try:
+        q, k, v = measure.attention_inputs(n, case.d, setting.heads, setting.batch, dtype,
+                                           setting.device)
+        reason = why_unavailable(fn, q, k, v, case.causal)
+        if reason is not None:
+            return {**record, "status": "unavailable", "reason": reason}
+        call = functools.partial(fn, is_causal=case.causal)
+        if case.backward:
+            q, k, v = (t.requires_grad_() for t in (q, k, v))
+            grad_out = torch.randn_like(q[..., : v.shape[-1]])
+
+            def step(q=q, k=k, v=v):
+                return torch.autograd.grad(call(q, k, v), (q, k, v), grad_out)
+        else:
+            step = functools.partial(call, q, k, v)
+        timing = setting.time(step, min_run_time=min_run_time)
+        peak = measure.peak_memory(step, setting.device)
+    except torch.OutOfMemoryError:
+        return {**record, "status": "does not fit"}
+    finally:
+        if torch.device(setting.device).type == "cuda":
+            torch.cuda.empty_cache()
+    tflops = case_flops(case, n, setting) / timing.median / 1e12
+    return {**record, "status": "ok", "median_s": timing.median, "iqr_s": timing.iqr,
+            "tflops": tflops, "percent_of_peak": 100 * tflops / peak_tflops[case.dtype]
+            if peak_tflops.get(case.dtype) else None, "peak_bytes": peak}
+
+
+def gpu_sweep(setting, ns, cases, implementations, peak_tflops, min_run_time=0.1,
+              budget_s=None, progress=None):
+    """Every case at every N, smallest first.  After a case stops fitting (or is
+    unavailable) its larger N are not tried; after `budget_s` seconds the remaining runs
+    are recorded as skipped.  Returns the list of records."""
+    import time
+
+    start, records = time.perf_counter(), []
+    for case in cases:
+        for n in ns:
+            if budget_s is not None and time.perf_counter() - start > budget_s:
+                records.append({"n": n, **case._asdict(), "status": "skipped",
+                                "reason": f"the sweep's time budget of {budget_s:g} s ran out"})
+                continue
+            record = run_case(implementations[case.implementation], case, n, setting,
+                              peak_tflops, min_run_time)
+            records.append(record)
+            if progress:
+                shown = (f"{record['tflops']:.1f} TFLOP/s" if record["status"] == "ok"
+                         else record["status"])
+                progress(f"{case.implementation} {case.dtype} d={case.d} "
+                         f"causal={case.causal} backward={case.backward} N={n}: {shown}")
+            if record["status"] != "ok":
+                break
+    return records
+
+
+def device_facts(device):
+    """Name, compute capability, memory and driver of a CUDA device; the CPU's line
+    otherwise."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return {"name": f"{device.type.upper()} {platform.machine()}", "type": device.type,
+                "description": describe_device(device)}
+    import subprocess
+
+    props = torch.cuda.get_device_properties(device)
+    try:
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version",
+                                 "--format=csv,noheader"], capture_output=True, text=True,
+                                check=True).stdout.split()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        driver = None
+    return {"name": props.name, "type": "cuda", "capability": f"{props.major}.{props.minor}",
+            "memory_bytes": props.total_memory, "driver": driver}
+
+
+def versions():
+    """Python, PyTorch, CUDA, Triton and attnlib versions, for a record."""
+    import attnlib
+
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "cuda": torch.version.cuda, "triton": triton_version,
+            "attnlib": attnlib.__version__}
+
+
+def peak_figures(setting, dtypes):
+    """The device's dense peak TFLOP/s per dtype and where it comes from: the published
+    figure (`hardware.gpu_spec`) for a known GPU, else a measured matrix product."""
+    from attnlib import hardware
+
+    spec = hardware.gpu_spec(device_facts(setting.device)["name"])
+    if spec is not None:
+        return {"tflops": {name: spec.peak_tflops(name) for name in dtypes},
+                "bandwidth_gbs": spec.bandwidth_gbs, "source": spec.source}
+    measured = {name: matmul_gflops(Setting(setting.device, name), min_run_time=0.3) / 1e3
+                for name in dtypes}
+    return {"tflops": measured, "bandwidth_gbs": None,
+            "source": "measured here: 2048 x 2048 x 2048 matrix product (not a published "
+                      "figure)"}
+
+
+def comparison_cases(implementations, dtypes=("float16", "bfloat16"), ds=(64, 128),
+                     causal=(False, True), backward=(False, True)):
+    """The cases of the GPU sweep: chapters 2 and 6's PyTorch versions in the first dtype
+    only, the fused kernels in every dtype."""
+    return [Case(name, dtype, d, c, b) for name in implementations for dtype in dtypes
+            for d in ds for c in causal for b in backward
+            if dtype == dtypes[0] or name not in ("naive", "tiled")]
+
+
+#: The two sweeps of `make gpu-record`: "full" fits in about 8 minutes on an H100/H200,
+#: "quick" in about 3 on a T4 (16 GB); "cpu" is the same harness, small, on a CPU.
+SWEEPS = {
+    "full": {"ns": (512, 1024, 2048, 4096, 8192, 16384), "batch": 2, "heads": 16,
+             "ds": (64, 128), "dtypes": ("float16", "bfloat16"), "budget_s": 420},
+    "quick": {"ns": (512, 1024, 2048, 4096, 8192), "batch": 1, "heads": 16, "ds": (64,),
+              "dtypes": ("float16",), "budget_s": 150},
+    "cpu": {"ns": (128, 256, 512), "batch": 1, "heads": 2, "ds": (64,), "dtypes": ("float32",),
+            "budget_s": 120},
+}
+
+
+def record_sweep(sweep="full", device="cuda", min_run_time=0.1, progress=None,
+                 implementations=None):
+    """Run one of `SWEEPS` on `device` and return the record: device, versions, date,
+    settings, the peak figures and every result."""
+    plan = SWEEPS[sweep]
+    setting = Setting(device, plan["dtypes"][0], plan["batch"], plan["heads"], plan["ds"][0])
+    implementations = implementations or comparison_implementations()
+    cases = comparison_cases(implementations, plan["dtypes"], plan["ds"])
+    if sweep == "cpu":
+        cases = [case for case in cases if case.implementation != "triton"]
+    peak = peak_figures(setting, plan["dtypes"])
+    results = gpu_sweep(setting, plan["ns"], cases, implementations, peak["tflops"],
+                        min_run_time, plan["budget_s"], progress)
+    return {"schema": RECORD_SCHEMA_VERSION, "kind": "attention-comparison",
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "sweep": sweep, "device": device_facts(device), "versions": versions(),
+            "setting": {"batch": plan["batch"], "heads": plan["heads"], "ns": list(plan["ns"]),
+                        "ds": list(plan["ds"]), "dtypes": list(plan["dtypes"]),
+                        "min_run_time": min_run_time, "budget_s": plan["budget_s"],
+                        "backward_flop_factor": BACKWARD_FLOP_FACTOR},
+            "peak": peak, "results": results}
+
+
+#: Version of the record format; `records/schema.json` describes it.
+RECORD_SCHEMA_VERSION = 1
+
+
+def record_path(record, folder):
+    """records/<date>_<device>_<sweep>.json, a name that sorts by date."""
+    import re
+
+    device = re.sub(r"[^A-Za-z0-9]+", "-", record["device"]["name"]).strip("-").lower()
+    return Path(folder) / f"{record['date'][:10]}_{device}_{record['sweep']}.json"
+
+
 # --- reports -----------------------------------------------------------------------------
 
 
@@ -230,6 +475,43 @@ def header(setting, block_q, block_k, matmul):
     ])
 
 
+def format_comparison(record):
+    """The record as tables, one per (dtype, d, causal, pass): TFLOP/s (percent of the
+    device's peak) of each implementation at each N, or why there is no figure."""
+    results = record["results"]
+    names = list(dict.fromkeys(r["implementation"] for r in results))
+    lines = [f"{record['device']['name']}; " + ", ".join(
+        f"{k} {v}" for k, v in record["versions"].items() if v) + f"; {record['date']}",
+             f"peak figures: {record['peak']['source']}"]
+    settings = dict.fromkeys((r["dtype"], r["d"], r["causal"], r["backward"]) for r in results)
+    short = {"does not fit": "no fit", "unavailable": "n/a", "skipped": "skipped"}
+    for dtype, d, causal, backward in settings:
+        lines += ["", f"{dtype}, d = {d}, {'causal' if causal else 'full'}, "
+                  f"{'forward + backward' if backward else 'forward'}: TFLOP/s (% of peak)",
+                  f"{'N':>6}" + "".join(f" {name:>15}" for name in names)]
+        for n in record["setting"]["ns"]:
+            cells = []
+            for name in names:
+                r = _find(results, implementation=name, dtype=dtype, d=d, causal=causal,
+                          backward=backward, n=n)
+                if r is None:
+                    cells.append(f" {'':>15}")
+                elif r["status"] == "ok":
+                    share = "" if r["percent_of_peak"] is None else \
+                        f" ({r['percent_of_peak']:.0f}%)"
+                    cells.append(f" {r['tflops']:>9.3g}{share:>6}")
+                else:
+                    cells.append(f" {short[r['status']]:>15}")
+            lines.append(f"{n:>6}" + "".join(cells))
+    reasons = {(r["implementation"], r["dtype"], r["d"]): r["reason"] for r in results
+               if r["status"] == "unavailable"}
+    if reasons:
+        lines += ["", "n/a: the implementation cannot run that setting here:"]
+        lines += [f"  {name} ({dtype}, d = {d}): {why}" for (name, dtype, d), why
+                  in reasons.items()]
+    return "\n".join(lines)
+
+
 # --- the command -------------------------------------------------------------------------
 
 
@@ -263,6 +545,12 @@ def parse_args(argv=None):
     parser.add_argument("--scaling", nargs="*", type=int, metavar="N",
                         help="only chapter 5's measurement: naive attention's time and memory "
                              "at these N (default 4096 6144 8192) and its fitted exponent")
+    parser.add_argument("--record", choices=sorted(SWEEPS), metavar="SWEEP",
+                        help="only the comparison of chapter 7: naive, tiled, Triton and each "
+                             "SDPA backend, forward and backward, against N; 'full' (H100 "
+                             "class, about 8 min), 'quick' (T4, about 3 min) or 'cpu'; "
+                             "writes the record into --record-dir")
+    parser.add_argument("--record-dir", default="records", help="where --record writes")
     parser.add_argument("--json", metavar="PATH", help="also write all figures to PATH")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return parser.parse_args(argv)
@@ -273,6 +561,14 @@ def main(argv=None):
     if args.scaling is not None:
         print("\n".join(scaling(args.scaling or (4096, 6144, 8192))))
         return None
+    if args.record:
+        record = record_sweep(args.record, args.device, progress=None if args.quiet else
+                              lambda line: print(line, file=sys.stderr, flush=True))
+        path = record_path(record, args.record_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=1) + "\n")
+        print(format_comparison(record) + f"\n\nrecord written to {path}")
+        return record
     setting = Setting(args.device, args.dtype, args.batch, args.heads, args.d, args.threads)
 
     def progress(line):
