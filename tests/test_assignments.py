@@ -88,6 +88,10 @@ def test_write_course_writes_one_assignment_per_chapter_and_the_config(tmp_path)
     config = Config()
     exec((tmp_path / "nbgrader_config.py").read_text(), {"get_config": lambda: config})
     assert config.Execute.timeout == CELL_TIMEOUT
+    assert config.IgnorePattern.enabled
+    warning = "<ipython-input-3>:2: UserWarning: To copy construct from a tensor, ..."
+    assert re.search(config.IgnorePattern.pattern, warning)
+    assert not re.search(config.IgnorePattern.pattern, "AssertionError: the std of q . k is 16")
     assert config.CourseDirectory.course_id == repository()[0].rsplit("/", 1)[-1]
     assert write_course(tmp_path / "two", chapters=(2, 3)) == ["ch2", "ch3"]
 

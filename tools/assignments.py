@@ -58,6 +58,7 @@ POINTS = {
 }
 KINDS = ("predict", "implement", "extend")
 CELL_TIMEOUT = 120  # seconds per cell when nbgrader autogrades, as for the book build
+WARNING = r"\w+Warning: "  # Python's warning lines: "file.py:3: UserWarning: ..."
 
 CONFIG = '''\
 # nbgrader's configuration for the course, written by `make assignments`
@@ -67,6 +68,11 @@ c = get_config()  # noqa: F821 (nbgrader defines it)
 c.CourseDirectory.course_id = "{course_id}"
 # Autograding runs each submitted notebook from top to bottom in a fresh kernel.
 c.Execute.timeout = {timeout}
+# nbgrader gives 0 to a test cell with any output on stderr; a warning printed by the
+# student's code (PyTorch's about torch.tensor(a_tensor), say) is no failure: the
+# check's verdict decides.
+c.IgnorePattern.enabled = True
+c.IgnorePattern.pattern = r"{warning}"
 '''
 
 
@@ -131,7 +137,7 @@ def write_course(out, chapters=()):
         assignments.append(assignment)
     course_id = repository()[0].rsplit("/", 1)[-1]
     (out / "nbgrader_config.py").write_text(CONFIG.format(
-        course_id=course_id, timeout=CELL_TIMEOUT))
+        course_id=course_id, timeout=CELL_TIMEOUT, warning=WARNING))
     return assignments
 
 

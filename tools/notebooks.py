@@ -176,8 +176,8 @@ def write_student_copies(out=STUDENT):
 def colab_url(path, config=ROOT / "_config.yml"):
     """The Colab link of a notebook at `path` (relative to the repository root)."""
     url, branch = repository(config)
-    github = url.removeprefix("https://github.com/")
-    return f"https://colab.research.google.com/github/{github}/blob/{branch}/{path}"
+    colab = yaml.safe_load(Path(config).read_text())["launch_buttons"]["colab_url"].rstrip("/")
+    return f"{colab}/github/{url.removeprefix('https://github.com/')}/blob/{branch}/{path}"
 
 
 def student_links_table():
