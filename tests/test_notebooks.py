@@ -13,7 +13,21 @@ import yaml
 from IPython.core.inputtransformer2 import TransformerManager
 from nbclient import NotebookClient
 
-from tools.notebooks import BEGIN, END, ROOT, chapter_notebooks, setup_cell_source, strip_solutions
+from tools.notebooks import (
+    BEGIN,
+    END,
+    GUIDE,
+    ROOT,
+    STUDENT,
+    chapter_notebooks,
+    colab_url,
+    progress_cell_source,
+    setup_cell_source,
+    strip_solutions,
+    student_copy,
+    with_student_links,
+    write_progress_cell,
+)
 
 pytestmark = pytest.mark.notebooks
 
@@ -142,13 +156,75 @@ def test_student_copy_has_no_solution_but_keeps_the_checks(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_student_copy_runs_and_every_check_says_not_yet(path):
-    """What an instructor hands out runs from top to bottom, and no check passes."""
-    student = strip_solutions(read(path))
+    """What an instructor hands out runs from top to bottom, no check passes, and the
+    closing progress list says that nothing was tried yet (stubs are not tries)."""
+    student = student_copy(path)
     NotebookClient(student, timeout=300, kernel_name="python3",
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     verdicts = ["".join(text_outputs(c)) for c in code_cells(student)
                 if "attnlib.check(" in c.source]
     assert verdicts and all("❌ Not yet" in v and "✅" not in v for v in verdicts), verdicts
+    (shown,) = code_cells(student)[-1].outputs
+    progress = shown.data["text/plain"].splitlines()
+    assert progress[0].endswith(f": 0 of {len(verdicts)} exercises passed in this session")
+    assert len(progress) == 1 + len(verdicts)
+    assert all(line.endswith(": not tried yet") for line in progress[1:]), progress
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_student_copy_keeps_every_exercise_text_as_a_plain_heading(path):
+    chapter = "\n".join(c.source for c in read(path).cells if c.cell_type == "markdown")
+    student = "\n".join(c.source for c in student_copy(path).cells if c.cell_type == "markdown")
+    exercises = re.findall(r"^(:{3,})\{exercise\} ([^\n]*)\n:label: \S+\n(.*?)^\1$", chapter,
+                           re.M | re.S)
+    assert len(exercises) >= 3
+    for _, title, body in exercises:
+        assert f"### Exercise: {title}\n\n{body.strip()}" in student
+    inside = re.findall(r"^:::\{solution-start\}.*?^:::\{solution-end\}", chapter, re.M | re.S)
+    for dropdown in inside:  # the text of the solutions goes with them
+        for line in dropdown.splitlines()[3:-1]:
+            assert not line.strip() or line not in student, line
+    assert ":::" not in student and "{exercise}" not in student
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_committed_student_copy_is_up_to_date(path):
+    committed = STUDENT / path.name
+    assert committed.is_file(), "run `make student` and commit student/"
+    assert read(committed) == student_copy(path), "run `make student` and commit student/"
+
+
+def test_student_folder_holds_only_the_copies_and_git_tracks_them():
+    assert sorted(p.name for p in STUDENT.iterdir()) == sorted(p.name for p in NOTEBOOKS)
+    tracked = subprocess.run(["git", "ls-files", "student"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert sorted(tracked) == sorted(f"student/{p.name}" for p in NOTEBOOKS), (
+        "Colab opens the copies from the repository: commit student/")
+
+
+def test_guide_links_each_student_copy_for_download_and_on_colab():
+    guide = GUIDE.read_text()
+    assert with_student_links(guide) == guide, "run `make student` to rewrite the table"
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    repository = config["repository"]["url"].removeprefix("https://github.com/")
+    for path in NOTEBOOKS:
+        assert f"{{download}}`{path.name} <student/{path.name}>`" in guide
+        url = (f"{config['launch_buttons']['colab_url']}/github/{repository}/blob/"
+               f"{config['repository']['branch']}/student/{path.name}")
+        assert url == colab_url(f"student/{path.name}") and f"]({url})" in guide
+
+
+def test_progress_cell_closes_a_notebook_once():
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell('attnlib.check("ch3.visible_pairs", visible)'),
+        nbformat.v4.new_code_cell('attnlib.check("ch3.decode_step", decode_step)')])
+    write_progress_cell(nb)
+    write_progress_cell(nb)
+    assert [c.source for c in nb.cells[2:]] == [progress_cell_source("ch3")]
+    assert nb.cells[2].source.endswith('attnlib.exercises.progress("ch3")')
+    nb.cells.insert(0, nbformat.v4.new_code_cell('attnlib.check("ch2.attention", f)'))
+    with pytest.raises(ValueError, match=r"one chapter, got \['ch2', 'ch3'\]"):
+        write_progress_cell(nb)
 
 
 def test_student_stub_in_a_function_raises_and_a_value_stub_is_a_comment():

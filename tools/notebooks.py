@@ -4,12 +4,15 @@
     python tools/notebooks.py student [--out DIR]      # `make student`
 
 `execute` first writes the setup cell (built from `_config.yml`, so a fork only edits
-that file), then re-executes each notebook in place from a clean kernel, saving the
-widget state so the website can show the widgets.  `student` writes copies without
-solutions, for instructors.
+that file) and the closing progress cell, then re-executes each notebook in place from a
+clean kernel, saving the widget state so the website can show the widgets.  `student`
+writes copies without solutions into `student/` (committed: the website offers them for
+download and Colab opens them from the repository) and rewrites their table of links in
+`instructors.md`.
 """
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -20,22 +23,36 @@ from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = ROOT / "chapters"
+STUDENT = ROOT / "student"
+GUIDE = ROOT / "instructors.md"
+LINKS_START = "% Student copies: this table is written by `make student`; do not edit it.\n"
+LINKS_END = "% End of the table of student copies.\n"
 SETUP_TAG = "remove-cell"
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 # In a function the stub raises, so the check says "not yet"; at top level the stub leaves
 # the value defined above the solution (an empty answer), so the check cell still runs.
 FUNCTION_STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")
 VALUE_STUB = ("# YOUR CODE HERE",)
+PROGRESS_CALL = "attnlib.exercises.progress("
+SOLUTION_START = re.compile(r"^:{3,}\{solution-start\}")
+SOLUTION_END = re.compile(r"^(:{3,})\{solution-end\}")
+EXERCISE = re.compile(r"^(?P<fence>:{3,})\{exercise\}[ \t]*(?P<title>[^\n]*)\n"
+                      r"(?::[\w-]+:[^\n]*\n)*(?P<body>.*?)^(?P=fence)[ \t]*$", re.M | re.S)
 
 
 def chapter_notebooks():
     return sorted(CHAPTERS.glob("*.ipynb"))
 
 
+def repository(config=ROOT / "_config.yml"):
+    """(url, branch) of the book's repository, from `_config.yml`."""
+    repository = yaml.safe_load(Path(config).read_text())["repository"]
+    return repository["url"].rstrip("/"), repository.get("branch", "main")
+
+
 def setup_cell_source(config=ROOT / "_config.yml"):
     """The first cell of every chapter: installs attnlib on Colab, does nothing elsewhere."""
-    repository = yaml.safe_load(Path(config).read_text())["repository"]
-    url, branch = repository["url"].rstrip("/"), repository.get("branch", "main")
+    url, branch = repository(config)
     return (
         "# Setup: on Colab, install the course library (attnlib); elsewhere, nothing to do.\n"
         "import sys\n"
@@ -53,6 +70,31 @@ def write_setup_cell(nb):
         first.source, first.metadata = cell.source, cell.metadata
     else:
         nb.cells.insert(0, cell)
+
+
+def chapter_of(nb):
+    """The chapter prefix ("ch3") of the exercises that a notebook checks."""
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    chapters = {name.split(".")[0] for name in re.findall(r'attnlib\.check\("([^"]+)"', code)}
+    if len(chapters) != 1:
+        raise ValueError(f"a chapter's checks should name one chapter, got {sorted(chapters)}")
+    return chapters.pop()
+
+
+def progress_cell_source(chapter):
+    return ("# Where you stand: which of this chapter's exercises you passed in this session\n"
+            f'attnlib.exercises.progress("{chapter}")')
+
+
+def write_progress_cell(nb):
+    """End the notebook with the call that lists the chapter's exercises and which of
+    them the learner has passed (replacing an older one)."""
+    cell = nbformat.v4.new_code_cell(progress_cell_source(chapter_of(nb)), id="progress")
+    last = nb.cells[-1] if nb.cells else None
+    if last is not None and last.cell_type == "code" and PROGRESS_CALL in last.source:
+        last.source = cell.source
+    else:
+        nb.cells.append(cell)
 
 
 def mark_solution_cells(nb):
@@ -73,6 +115,7 @@ def execute(path, timeout=300):
     """Re-execute one notebook in place; return the seconds it took."""
     nb = nbformat.read(path, as_version=4)
     write_setup_cell(nb)
+    write_progress_cell(nb)
     mark_solution_cells(nb)
     start = time.perf_counter()
     client = NotebookClient(
@@ -85,30 +128,105 @@ def execute(path, timeout=300):
     return seconds
 
 
-def strip_solutions(nb):
-    """A student copy: solution code replaced by a stub, solution dropdowns removed,
-    outputs cleared."""
+def strip_solutions(nb, keep_solution_code=False):
+    """A student copy: solution code replaced by a stub, the solution dropdowns (and the
+    text inside them) removed, exercise boxes turned into plain headings (Jupyter and
+    Colab do not render MyST directives), outputs cleared.  With `keep_solution_code`
+    the solution cells stay whole: nbgrader's source version, which nbgrader clears."""
     cells = []
-    inside_dropdown = False
+    state = "outside"
     for cell in nb.cells:
-        source = cell.source
-        if cell.cell_type == "markdown" and "{solution-start}" in source:
-            inside_dropdown = True
-            continue
-        if cell.cell_type == "markdown" and "{solution-end}" in source:
-            inside_dropdown = False
-            continue
-        if cell.cell_type == "code":
-            if BEGIN in source:
-                source = _replace_solution(source)
-            cell.source, cell.outputs, cell.execution_count = source, [], None
-            cell.metadata.pop("nbgrader", None)
-        elif inside_dropdown:
+        if cell.cell_type == "markdown":
+            source, state = _outside_solutions(cell.source, state)
+            if not source.strip():
+                continue
+            cell.source = EXERCISE.sub(_plain_exercise, source)
+        elif cell.cell_type == "code":
+            if BEGIN in cell.source and not keep_solution_code:
+                cell.source = _replace_solution(cell.source)
+                cell.metadata.pop("nbgrader", None)
+            cell.outputs, cell.execution_count = [], None
+            cell.metadata.pop("execution", None)
+        elif state != "outside":
             continue
         cells.append(cell)
     nb.cells = cells
     nb.metadata.pop("widgets", None)
     return nb
+
+
+def student_copy(path):
+    """What `make student` writes for the chapter at `path`."""
+    nb = strip_solutions(nbformat.read(path, as_version=4))
+    write_progress_cell(nb)
+    return nb
+
+
+def write_student_copies(out=STUDENT):
+    """Write every chapter's student copy into `out`; when `out` is the committed folder,
+    also rewrite the guide's table of links to them."""
+    out.mkdir(parents=True, exist_ok=True)
+    for path in chapter_notebooks():
+        nbformat.write(student_copy(path), out / path.name)
+        print(out / path.name)
+    if out.resolve() == STUDENT:
+        GUIDE.write_text(with_student_links(GUIDE.read_text()))
+        print(f"{GUIDE.name}: table of student copies rewritten")
+
+
+def colab_url(path, config=ROOT / "_config.yml"):
+    """The Colab link of a notebook at `path` (relative to the repository root)."""
+    url, branch = repository(config)
+    colab = yaml.safe_load(Path(config).read_text())["launch_buttons"]["colab_url"].rstrip("/")
+    return f"{colab}/github/{url.removeprefix('https://github.com/')}/blob/{branch}/{path}"
+
+
+def student_links_table():
+    """The guide's table: each chapter's student copy, to download or to open on Colab."""
+    rows = ["| chapter | student notebook | open on Colab |", "|---|---|---|"]
+    for path in chapter_notebooks():
+        title = chapter_title(nbformat.read(path, as_version=4))
+        copy = f"student/{path.name}"
+        rows.append(f"| {title} | {{download}}`{path.name} <{copy}>` | "
+                    f"[open on Colab]({colab_url(copy)}) |")
+    return "\n".join(rows)
+
+
+def chapter_title(nb):
+    """The notebook's title: its first level-1 heading."""
+    return next(line[2:].strip() for cell in nb.cells if cell.cell_type == "markdown"
+                for line in cell.source.splitlines() if line.startswith("# "))
+
+
+def with_student_links(guide):
+    """`guide` (the text of instructors.md) with its table of student copies rewritten."""
+    start, end = guide.index(LINKS_START) + len(LINKS_START), guide.index(LINKS_END)
+    return f"{guide[:start]}\n{student_links_table()}\n\n{guide[end:]}"
+
+
+def _outside_solutions(source, state):
+    """The lines of a markdown cell outside solution dropdowns, which may span cells;
+    `state` carries over from the cell before ("outside", "inside" or a closing fence)."""
+    kept = []
+    for line in source.splitlines():
+        if state == "outside":
+            if SOLUTION_START.match(line):
+                state = "inside"
+            else:
+                kept.append(line)
+        elif state == "inside":
+            end = SOLUTION_END.match(line)
+            if end:
+                state = end.group(1)  # the fence that closes the end marker
+        else:
+            if line.strip() != state:
+                kept.append(line)
+            state = "outside"
+    return "\n".join(kept).strip(), state
+
+
+def _plain_exercise(match):
+    return f"### Exercise: {match['title'].strip()}\n\n{match['body'].strip()}"
 
 
 def _replace_solution(source):
@@ -133,18 +251,14 @@ def main(argv=None):
     run = commands.add_parser("execute", help="re-execute notebooks in place")
     run.add_argument("notebooks", nargs="*", type=Path)
     student = commands.add_parser("student", help="write student copies without solutions")
-    student.add_argument("--out", type=Path, default=ROOT / "student")
+    student.add_argument("--out", type=Path, default=STUDENT)
     args = parser.parse_args(argv)
 
     if args.command == "execute":
         for path in args.notebooks or chapter_notebooks():
             print(f"{path.name}: executed in {execute(path):.1f} s", flush=True)
     else:
-        args.out.mkdir(parents=True, exist_ok=True)
-        for path in chapter_notebooks():
-            nb = strip_solutions(nbformat.read(path, as_version=4))
-            nbformat.write(nb, args.out / path.name)
-            print(f"{args.out / path.name}")
+        write_student_copies(args.out)
     return 0
 
 

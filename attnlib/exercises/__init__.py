@@ -6,6 +6,10 @@ learner's value, compares it with the library's own answer, and either returns a
 sentence of praise or raises `Wrong` with a sentence saying what was expected and what
 came back.  Whatever the learner's code does, `check` returns a `Verdict`; it never
 lets a traceback reach the learner.
+
+`check` also records, for this kernel, each exercise's wrong tries and whether it passed:
+`attempts(name)` gives the wrong tries (a check can hint first and reveal later), and
+`progress("ch3")` lists a chapter's exercises and which of them passed.
 """
 
 import html
@@ -66,25 +70,138 @@ def available():
 
 
 def check(name, answer):
-    """Check a learner's `answer` (a function or a value) for exercise `name`."""
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str such as 'ch1.shapes', got {type(name).__name__}")
-    if name not in _CHECKS:
-        _load_all()
-    if name not in _CHECKS:
-        raise ValueError(f"name {name!r} is not an exercise; known: {', '.join(available())}")
+    """Check a learner's `answer` (a function or a value) for exercise `name`.
+
+    Each answer checked is recorded for this kernel (see `attempts` and `progress`),
+    except an empty one and a function that still raises NotImplementedError (the stub
+    of a student copy): those are not tries."""
+    _require_exercise(name)
     if answer is None or (isinstance(answer, (str, dict, tuple, list)) and not answer):
         return Verdict(name, False, "no answer yet: fill in the cell above, run it, then run "
                                     "this check again.")
     try:
         message = _CHECKS[name](answer)
     except Wrong as wrong:
-        return Verdict(name, False, str(wrong))
+        verdict = Verdict(name, False, str(wrong))
+        if _raised_by_a_stub(wrong):
+            return verdict
     except Exception as error:  # an answer of a form no check foresaw
-        return Verdict(
+        verdict = Verdict(
             name, False, f"the check could not use your answer ({type(error).__name__}: {error})."
         )
-    return Verdict(name, True, message)
+    else:
+        verdict = Verdict(name, True, message)
+    _record(verdict)
+    return verdict
+
+
+def _require_exercise(name):
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str such as 'ch1.shapes', got {type(name).__name__}")
+    if name not in _CHECKS:
+        _load_all()
+    if name not in _CHECKS:
+        raise ValueError(f"name {name!r} is not an exercise; known: {', '.join(available())}")
+
+
+# --- what this kernel has tried: attempts and progress ----------------------------------
+
+_RECORDS = {}  # exercise name -> _Record, for the answers checked in this kernel
+
+
+@dataclass
+class _Record:
+    wrong: int = 0
+    passed: bool = False
+
+
+def _raised_by_a_stub(wrong):
+    """Whether `wrong` came from a learner's function raising NotImplementedError (`call`
+    turns it into Wrong, and a check may rephrase that; the chain of contexts keeps it)."""
+    error = wrong
+    while error is not None:
+        if isinstance(error, NotImplementedError):
+            return True
+        error = error.__context__
+    return False
+
+
+def _record(verdict):
+    record = _RECORDS.setdefault(verdict.name, _Record())
+    record.passed = record.passed or verdict.passed
+    record.wrong += not verdict.passed
+
+
+def attempts(name):
+    """How many wrong answers to exercise `name` were checked so far in this kernel.
+
+    Empty answers do not count. Inside a check, the answer being checked is not counted
+    yet, so a check can hint on a first wrong try (`attempts(name) == 0`) and reveal
+    later."""
+    _require_exercise(name)
+    record = _RECORDS.get(name)
+    return record.wrong if record else 0
+
+
+@dataclass(frozen=True)
+class ExerciseProgress:
+    """One exercise's line in `progress`: passed in this kernel, and wrong tries so far."""
+
+    name: str
+    passed: bool
+    wrong: int
+
+    def __str__(self):
+        if self.passed:
+            return f"✅ {self.name}: passed"
+        if self.wrong:
+            tries = "try" if self.wrong == 1 else "tries"
+            return f"❌ {self.name}: not yet ({self.wrong} wrong {tries})"
+        return f"⬜ {self.name}: not tried yet"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a learner stands in one chapter, in this kernel: one line per exercise."""
+
+    chapter: str
+    exercises: tuple
+
+    @property
+    def passed(self):
+        return sum(e.passed for e in self.exercises)
+
+    def _title(self):
+        return (f"Chapter {self.chapter.removeprefix('ch')}: {self.passed} of "
+                f"{len(self.exercises)} exercises passed in this session")
+
+    def __str__(self):
+        return "\n".join([self._title(), *(f"  {e}" for e in self.exercises)])
+
+    __repr__ = __str__
+
+    def _repr_html_(self):
+        items = "".join(f"<li>{html.escape(str(e))}</li>" for e in self.exercises)
+        return (f"<p><strong>{html.escape(self._title())}</strong></p>"
+                f'<ul style="list-style: none; padding-left: 0.5em">{items}</ul>')
+
+
+def progress(chapter):
+    """The exercises of `chapter` ("ch3" or 3), in the chapter's order, with which of them
+    passed in this kernel and how many wrong tries the others had."""
+    if isinstance(chapter, bool) or not isinstance(chapter, (str, int)):
+        raise TypeError(f"chapter must be a str such as 'ch3' or an int such as 3, "
+                        f"got {type(chapter).__name__}")
+    chapter = f"ch{chapter}" if isinstance(chapter, int) else chapter
+    _load_all()
+    names = [name for name in _CHECKS if name.split(".")[0] == chapter]
+    if not names:
+        chapters = sorted({name.split(".")[0] for name in _CHECKS}, key=lambda c: (len(c), c))
+        raise ValueError(f"chapter {chapter!r} has no exercises; chapters with exercises: "
+                         f"{', '.join(chapters)}")
+    return Progress(chapter, tuple(
+        ExerciseProgress(name, record.passed, record.wrong)
+        for name, record in ((name, _RECORDS.get(name, _Record())) for name in names)))
 
 
 # --- helpers for writing checks ------------------------------------------------------

@@ -10,6 +10,60 @@ from attnlib import exercises, recall, ssm
 from attnlib.exercises import Wrong, call, exercise, same_tensor, shape_text
 from attnlib.linear_attention import elu_feature_map, linear_attention_step
 
+# --- where recall breaks: a prediction ---------------------------------------------------
+
+#: The setting of the capacity prediction: a d x d state (linear attention, or the scan
+#: with d_state = d), keys chosen as well as possible.
+RECALL_CAPACITY_SETTING = {"d": 64}
+
+#: Wrong tries after which the answer is shown.
+REVEAL_AFTER = 2
+
+_OWN_WRONG_TRIES = collections.Counter()
+
+
+def wrong_tries(name):
+    """Wrong tries at exercise `name` before this one: `attnlib.exercises.attempts(name)`
+    where the checker records attempts, this module's own count where it does not."""
+    recorded = getattr(exercises, "attempts", None)
+    return recorded(name) if recorded is not None else _OWN_WRONG_TRIES[name]
+
+
+def _capacity_hint(answer, d):
+    if answer == d * d:
+        return (f"the state has d^2 = {d * d} numbers, but every pair writes an outer product "
+                "k v^T that touches all of them, and reading with k_j brings back every "
+                "other pair i in proportion to k_i . k_j; think in d, not d^2")
+    if answer > d:
+        return ("reading with k_j returns v_j plus (k_i . k_j) v_i for every other pair i: "
+                "no crosstalk means every one of those dot products is 0, so count the keys "
+                f"that can all be at right angles to each other in {d} dimensions")
+    return ("with fewer pairs it works too, but the question asks for the most: add pairs "
+            "until two keys can no longer be at right angles")
+
+
+@exercise("ch8.recall_capacity")
+def check_recall_capacity(answer):
+    d = RECALL_CAPACITY_SETTING["d"]
+    if (isinstance(answer, bool) or not isinstance(answer, numbers.Real)
+            or not math.isfinite(answer)):
+        message = f"answer with one number of pairs, got {answer!r}"
+    elif answer == d:
+        return (f"{d} = d: orthogonal keys, one per dimension, come back clean; a {d + 1}th "
+                "key overlaps the others, and the crosstalk is then at least sqrt(pairs/d - 1) "
+                f"({recall.predicted_crosstalk(2 * d, d, 'orthogonal'):.2f} at {2 * d} pairs), "
+                "while random keys overlap from the second pair on (sqrt((pairs - 1)/d) = "
+                f"{recall.predicted_crosstalk(d, d):.2f} at {d} pairs).")
+    else:
+        message = f"{answer:g} pairs is not right: {_capacity_hint(answer, d)}"
+    name = "ch8.recall_capacity"
+    if wrong_tries(name) >= REVEAL_AFTER:
+        message += (f"; the answer: {d}, because at most d keys can be orthogonal in d "
+                    "dimensions")
+    _OWN_WRONG_TRIES[name] += 1
+    raise Wrong(f"{message}.")
+
+
 # --- one recurrent step of causal linear attention ---------------------------------------
 
 
@@ -141,57 +195,3 @@ def check_scan_combine(my_combine):
                 "the states h of the parallel scan with your combine (N = 11)")
     return ("(a2 a1, a2 u1 + u2) is associative but not commutative: the scan may regroup "
             "the steps, in log2(N) rounds, but never reorder them.")
-
-
-# --- where recall breaks: a prediction ---------------------------------------------------
-
-#: The setting of the capacity prediction: a d x d state (linear attention, or the scan
-#: with d_state = d), keys chosen as well as possible.
-RECALL_CAPACITY_SETTING = {"d": 64}
-
-#: Wrong tries after which the answer is shown.
-REVEAL_AFTER = 2
-
-_OWN_WRONG_TRIES = collections.Counter()
-
-
-def wrong_tries(name):
-    """Wrong tries at exercise `name` before this one: `attnlib.exercises.attempts(name)`
-    where the checker records attempts, this module's own count where it does not."""
-    recorded = getattr(exercises, "attempts", None)
-    return recorded(name) if recorded is not None else _OWN_WRONG_TRIES[name]
-
-
-def _capacity_hint(answer, d):
-    if answer == d * d:
-        return (f"the state has d^2 = {d * d} numbers, but every pair writes an outer product "
-                "k v^T that touches all of them, and reading with k_j brings back every "
-                "other pair i in proportion to k_i . k_j; think in d, not d^2")
-    if answer > d:
-        return ("reading with k_j returns v_j plus (k_i . k_j) v_i for every other pair i: "
-                "no crosstalk means every one of those dot products is 0, so count the keys "
-                f"that can all be at right angles to each other in {d} dimensions")
-    return ("with fewer pairs it works too, but the question asks for the most: add pairs "
-            "until two keys can no longer be at right angles")
-
-
-@exercise("ch8.recall_capacity")
-def check_recall_capacity(answer):
-    d = RECALL_CAPACITY_SETTING["d"]
-    if (isinstance(answer, bool) or not isinstance(answer, numbers.Real)
-            or not math.isfinite(answer)):
-        message = f"answer with one number of pairs, got {answer!r}"
-    elif answer == d:
-        return (f"{d} = d: orthogonal keys, one per dimension, come back clean; a {d + 1}th "
-                "key overlaps the others, and the crosstalk is then at least sqrt(pairs/d - 1) "
-                f"({recall.predicted_crosstalk(2 * d, d, 'orthogonal'):.2f} at {2 * d} pairs), "
-                "while random keys overlap from the second pair on (sqrt((pairs - 1)/d) = "
-                f"{recall.predicted_crosstalk(d, d):.2f} at {d} pairs).")
-    else:
-        message = f"{answer:g} pairs is not right: {_capacity_hint(answer, d)}"
-    name = "ch8.recall_capacity"
-    if wrong_tries(name) >= REVEAL_AFTER:
-        message += (f"; the answer: {d}, because at most d keys can be orthogonal in d "
-                    "dimensions")
-    _OWN_WRONG_TRIES[name] += 1
-    raise Wrong(f"{message}.")
