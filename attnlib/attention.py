@@ -22,10 +22,18 @@ PyTorch's leniencies are kept: a float mask of another dtype is cast to q's dtyp
 """
 
 import math
+import numbers
 
 import torch
 
-from attnlib._checks import require_mask, require_qk, require_tensor, resolve_scale, validate_qkv
+from attnlib._checks import (
+    require_mask,
+    require_positive_int,
+    require_qk,
+    require_tensor,
+    resolve_scale,
+    validate_qkv,
+)
 from attnlib.masking import causal_mask
 
 
@@ -147,25 +155,43 @@ def dot_product_variance(d_k, samples=20_000, seed=0):
     return (q * k).sum(dim=-1).var().item()
 
 
-def random_attention_stats(d_k, n=16, scaled=True, temperature=1.0, batch=64, seed=0):
-    """How sharp random attention is, and how much gradient flows back into the scores.
+#: Random sequences per measurement of `random_attention_stats`, unless `batch` says otherwise.
+STATS_BATCH = 64
+
+#: A row's gradient counts as vanished when its norm is below this (`random_attention_stats`).
+VANISHING_GRADIENT = 1e-3
+
+
+def random_attention_stats(d_k, n=16, scaled=True, temperature=1.0, batch=STATS_BATCH, seed=0):
+    """How sharp random attention is, and how much gradient reaches the softmax's input.
 
     For `batch` sequences of n queries and keys with N(0, 1) entries of width d_k:
-    S = Q K^T (divided by sqrt(d_k) if `scaled`), A = softmax(S / temperature), and the
-    loss L = sum(A * G) with G ~ N(0, 1), differentiated by autograd.  Returns a dict:
-    "entropy", the mean over rows of A; "grad_norm", the median over rows of the norm of dL/dS_i;
-    "vanishing", the fraction of rows where that norm is below 1e-3.
+    Z = Q K^T * scale / T (scale = 1/sqrt(d_k) if `scaled`, else 1; T = `temperature`),
+    A = softmax(Z) row by row, and the loss L = sum(A * G) with G ~ N(0, 1), differentiated
+    by autograd.
+    Returns a dict: "entropy", the mean over rows of A; "grad_norm", the median over rows
+    of the norm of dL/dZ_i, the gradient where the softmax receives the scores (after the
+    division by T, so that unscaled scores with T = sqrt(d_k) measure exactly as scaled
+    ones with T = 1); "vanishing", the fraction of rows where that norm is below
+    `VANISHING_GRADIENT`.
     """
+    require_positive_int("d_k", d_k)
+    require_positive_int("n", n)
+    require_positive_int("batch", batch)
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+        raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
+    if not 0 < temperature < math.inf:
+        raise ValueError(f"temperature must be positive and finite, got {temperature}")
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(batch, n, d_k, generator=gen, dtype=torch.float64)
     k = torch.randn(batch, n, d_k, generator=gen, dtype=torch.float64)
     g = torch.randn(batch, n, n, generator=gen, dtype=torch.float64)
-    scores = attention_scores(q, k, scale=None if scaled else 1.0).requires_grad_()
-    weights = softmax(scores / temperature)
+    logits = (attention_scores(q, k, scale=None if scaled else 1.0) / temperature).requires_grad_()
+    weights = softmax(logits)
     (weights * g).sum().backward()
-    row_grad = scores.grad.norm(dim=-1)
+    row_grad = logits.grad.norm(dim=-1)
     return {
         "entropy": row_entropy(weights.detach()).mean().item(),
         "grad_norm": row_grad.median().item(),
-        "vanishing": (row_grad < 1e-3).double().mean().item(),
+        "vanishing": (row_grad < VANISHING_GRADIENT).double().mean().item(),
     }

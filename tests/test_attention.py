@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from attnlib.attention import (
+    STATS_BATCH,
+    VANISHING_GRADIENT,
     attention_scores,
     dot_product_variance,
     inplace_attention,
@@ -271,19 +273,57 @@ def test_dot_product_variance_is_d_k(d_k):
     assert dot_product_variance(d_k) == pytest.approx(d_k, rel=0.05)
 
 
-def test_attention_stats_gradient_is_the_softmax_jacobian_product():
+@pytest.mark.parametrize(("scaled", "temperature"), [(False, 1.0), (True, 1.0), (False, 3.0),
+                                                     (True, 0.1)])
+def test_attention_stats_gradient_is_the_softmax_jacobian_product(scaled, temperature):
     d_k, n, batch, seed = 32, 6, 4, 3
-    stats = random_attention_stats(d_k, n=n, scaled=False, batch=batch, seed=seed)
+    stats = random_attention_stats(d_k, n=n, scaled=scaled, temperature=temperature,
+                                   batch=batch, seed=seed)
     gen = torch.Generator().manual_seed(seed)  # the same draws, in the same order
     q = torch.randn(batch, n, d_k, generator=gen, dtype=torch.float64)
     k = torch.randn(batch, n, d_k, generator=gen, dtype=torch.float64)
     g = torch.randn(batch, n, n, generator=gen, dtype=torch.float64)
-    a = torch.softmax(q @ k.mT, -1)
-    # dL/ds = (diag(a) - a a^T) g for each row: the softmax Jacobian, written out
+    z = q @ k.mT / (math.sqrt(d_k) if scaled else 1.0) / temperature  # what the softmax gets
+    a = torch.softmax(z, -1)
+    # dL/dz = (diag(a) - a a^T) g for each row: the softmax Jacobian, written out
     jacobian = torch.diag_embed(a) - a.unsqueeze(-1) * a.unsqueeze(-2)
     grad = (jacobian @ g.unsqueeze(-1)).squeeze(-1)
     assert stats["grad_norm"] == pytest.approx(grad.norm(dim=-1).median().item(), rel=1e-9)
     assert stats["entropy"] == pytest.approx(row_entropy(a).mean().item(), rel=1e-9)
+    vanished = (grad.norm(dim=-1) < VANISHING_GRADIENT).double().mean().item()
+    assert stats["vanishing"] == pytest.approx(vanished, rel=1e-12)
+
+
+@pytest.mark.parametrize("d_k", [4, 64, 1024])
+def test_unscaled_scores_at_temperature_sqrt_dk_measure_as_scaled_ones(d_k):
+    """softmax(Q K^T / sqrt(d_k)) is the same computation whether the 1/sqrt(d_k) is
+    called the scale or the temperature: the same weights and the same gradient."""
+    scaled = random_attention_stats(d_k, n=8)
+    tempered = random_attention_stats(d_k, n=8, scaled=False, temperature=math.sqrt(d_k))
+    for key in ("entropy", "grad_norm", "vanishing"):
+        assert tempered[key] == pytest.approx(scaled[key], rel=1e-9, abs=1e-12), key
+
+
+def test_attention_stats_default_batch_is_the_documented_constant():
+    assert random_attention_stats(8) == random_attention_stats(8, batch=STATS_BATCH)
+    assert random_attention_stats(8) != random_attention_stats(8, batch=STATS_BATCH + 1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "words"),
+    [({"temperature": 0.0}, ValueError, ["temperature", "positive", "0.0"]),
+     ({"temperature": -2.0}, ValueError, ["temperature", "-2.0"]),
+     ({"temperature": math.nan}, ValueError, ["temperature", "nan"]),
+     ({"temperature": math.inf}, ValueError, ["temperature", "inf"]),
+     ({"temperature": "hot"}, TypeError, ["temperature", "str"]),
+     ({"n": 0}, ValueError, ["n must be >= 1", "0"]),
+     ({"batch": 2.0}, TypeError, ["batch", "float"])],
+)
+def test_attention_stats_reject_bad_settings_naming_them(kwargs, error, words):
+    with pytest.raises(error) as info:
+        random_attention_stats(8, **kwargs)
+    for word in words:
+        assert word in str(info.value)
 
 
 def test_scaling_keeps_attention_soft_and_gradients_alive():
