@@ -132,6 +132,13 @@ def test_attention_with_bmm_fails_on_two_batch_dimensions_and_says_why():
                    "when called with two batch dimensions: q (2, 3, 5, 6), k (2, 3, 4, 6), "
                    "v (2, 3, 4, 2). torch.bmm takes 3-D tensors only")
 
+    def transposed_1_2(q, k, v):  # right for (N, d) and (B, N, d) only
+        k_t = k.T if k.dim() == 2 else k.transpose(1, 2)
+        return torch.softmax(q @ k_t / math.sqrt(q.shape[-1]), dim=-1) @ v
+
+    assert_rejects("ch2.attention", transposed_1_2,
+                   "and transpose(1, 2) swaps others when there are two batch dimensions")
+
 
 def test_attention_refuses_the_attention_functions():
     assert_refuses_the_library("ch2.attention", torch.nn.functional.scaled_dot_product_attention)

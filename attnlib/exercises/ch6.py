@@ -213,8 +213,7 @@ def check_block_step(my_block_step):
                 raise Wrong(f"with {description}, {sentence}.")
         for name, g, e in zip(("ell", "acc"), got[1:], expected[1:], strict=True):
             same_tensor(g, e, f"{name} after {description}")
-    return ("rescale the old state by exp(m_old - m_new), then add the new block's share; a "
-            "row that has seen no key yet keeps m = -inf, ell = 0 and acc = 0.")
+    return "rescale the old state by exp(m_old - m_new), then add the new block's share."
 
 
 # --- merging partial results -----------------------------------------------------------
