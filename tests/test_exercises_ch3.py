@@ -3,8 +3,14 @@ import math
 import pytest
 import torch
 
+from attnlib.attention import scaled_dot_product_attention
 from attnlib.exercises.ch3 import VISIBLE_SETTING
-from tests.exercise_cases import assert_accepts, assert_rejects
+from tests.exercise_cases import (
+    assert_accepts,
+    assert_hints_then_reveals,
+    assert_refuses_the_library,
+    assert_rejects,
+)
 
 
 def reference_visible_pairs(N, window):
@@ -40,13 +46,31 @@ REFERENCES = {
 }
 
 
+def sliding_pairs(n, keys_per_query):
+    """Pairs of a window that lets query i see min(i + 1, keys_per_query) keys."""
+    return sum(1 for i in range(n) for j in range(n) if 0 <= i - j < keys_per_query)
 
-def test_visible_pairs_feedback():
+
+@pytest.mark.parametrize(("wrong", "phrase"), [
+    (dict(causal=50), "causal does not allow 50 pairs: half of N^2 leaves out half"),
+    (dict(causal=45), "query i also sees itself: count the diagonal"),
+    (dict(causal=100), "that is every pair"),
+    (dict(causal=54), "causal does not allow 54 pairs: query i sees keys 0..i"),
+    (dict(sliding_window=30), "the first queries have fewer than 3 positions behind them"),
+    (dict(sliding_window=sliding_pairs(10, 4)), "a window of width 3 holds 3 keys, the query "
+                                                "itself and the 2 before it, not 4"),
+    (dict(sliding_window=40), "holds 3 keys, not 4, and the first queries have fewer"),
+    (dict(sliding_window=55), "that is the causal count"),
+    (dict(sliding_window=26), "query i sees min(i + 1, 3) keys"),
+])
+def test_visible_pairs_hints_without_the_counts_then_gives_them(wrong, phrase):
     right = REFERENCES["ch3.visible_pairs"]
-    assert_rejects("ch3.visible_pairs", dict(right, causal=50),
-                   "causal allows 55 pairs, not 50: query i sees keys 0..i")
-    assert_rejects("ch3.visible_pairs", dict(right, sliding_window=30),
-                   "sliding_window allows 27 pairs, not 30: query i sees min(i + 1, 3) keys")
+    assert_hints_then_reveals("ch3.visible_pairs", dict(right, **wrong), phrase,
+                              "55 causal, 27 with the window")
+
+
+def test_visible_pairs_form():
+    right = REFERENCES["ch3.visible_pairs"]
     assert_rejects("ch3.visible_pairs", {"causal": 55}, "missing 'sliding_window'")
     assert_rejects("ch3.visible_pairs", dict(right, causal=55.5), "whole number")
     assert_rejects("ch3.visible_pairs", dict(right, causal="55"), "should be a number, got '55'")
@@ -61,8 +85,9 @@ def test_causal_attention_feedback_names_the_usual_mistakes():
 
     def upper(q, k, v):
         n = q.shape[-2]
-        sees = torch.ones(n, n, dtype=torch.bool).triu()
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=sees)
+        hidden = torch.ones(n, n, dtype=torch.bool).tril(-1)
+        scores = q @ k.mT / math.sqrt(q.shape[-1])
+        return torch.softmax(scores.masked_fill(hidden, -math.inf), dim=-1) @ v
 
     def unscaled(q, k, v):
         return reference_causal_attention(q * math.sqrt(q.shape[-1]), k, v)
@@ -72,21 +97,24 @@ def test_causal_attention_feedback_names_the_usual_mistakes():
 
     assert_rejects("ch3.causal_attention", after_softmax, "AFTER the softmax")
     assert_rejects("ch3.causal_attention", upper, "see the future and not the past")
-    assert_rejects("ch3.causal_attention", unscaled, "divide the scores by sqrt(d_k)")
+    assert_rejects("ch3.causal_attention", unscaled, "scale the scores by 1/sqrt(d_k)")
     assert_rejects("ch3.causal_attention", unbatched,
-                   "should have shape (2, 3, 6, 4), but yours has shape (36, 4)")
+                   "should have shape (2, 3, 6, 2), but yours has shape (36, 2)")
 
 
-def learner_attention(mask="bool", diagonal=0, invert=True, dim=-1, transpose=None):
+def learner_attention(mask="bool", diagonal=0, invert=True, dim=-1, transpose=None,
+                      fill=-math.inf, width="d_k"):
     """A learner's causal attention, right by default, with one usual mistake switched on."""
     def causal_attention(q, k, v):
         n = q.shape[-2]
         dtype = torch.bool if mask == "bool" else torch.float32
         sees = torch.ones(n, n, dtype=dtype).tril(diagonal)
         k_t = k.T if transpose == "T" else k.transpose(-2, -1)
-        scores = q @ k_t / math.sqrt(q.shape[-1])
+        scores = q @ k_t / math.sqrt({"d_k": q, "d_v": v}[width].shape[-1])
+        if mask == "multiply":
+            return torch.softmax(scores * sees, dim=dim) @ v
         hidden = ~sees if invert else sees
-        return torch.softmax(scores.masked_fill(hidden, -math.inf), dim=dim) @ v
+        return torch.softmax(scores.masked_fill(hidden, fill), dim=dim) @ v
     return causal_attention
 
 
@@ -94,12 +122,51 @@ def learner_attention(mask="bool", diagonal=0, invert=True, dim=-1, transpose=No
     (dict(mask="float"), "your mask is float; make it boolean"),
     (dict(invert=False), "masked_fill fills where the mask is True: invert the mask"),
     (dict(diagonal=-1), "a query may also see itself: the diagonal is allowed"),
+    (dict(diagonal=1), "your queries peek one token ahead: tril(1) lets query i see key i + 1"),
     (dict(dim=-2), "use softmax(dim=-1)"),
     (dict(transpose="T"), "use k.transpose(-2, -1)"),
+    (dict(width="d_v"), "divides the scores by sqrt(d_v) = sqrt(5), the width of the values"),
+    (dict(fill=0.0), "your masked scores are 0, not -inf"),
+    (dict(mask="multiply"), "multiplying the scores by the mask"),
+    (dict(fill=-10.0), "fill with -inf, not a finite number such as -10"),
+    (dict(fill=-1e9), "with q, k, v of shape (5, 4) where query 0 scores key 0 at -3e9, query 0 "
+                      "gives weight to keys it may not see: a finite fill value such as -1e9"),
+    (dict(fill=-1e4), "a finite fill value such as -1e9 is not below every score"),
+    (dict(fill=-100.0), "fill with -inf (float('-inf'))"),
 ])
 def test_causal_attention_feedback_names_each_mistake(mistake, sentence):
     assert_accepts("ch3.causal_attention", learner_attention())
     assert_rejects("ch3.causal_attention", learner_attention(**mistake), sentence)
+
+
+def test_causal_attention_accepts_other_right_forms():
+    def additive(q, k, v):  # a float mask added, -inf above the diagonal, with einsum
+        n = q.shape[-2]
+        future = torch.full((n, n), -math.inf).triu(1)
+        scores = torch.einsum("...id,...jd->...ij", q, k) / q.shape[-1] ** 0.5 + future
+        return torch.einsum("...ij,...jd->...id", scores.softmax(dim=-1), v)
+
+    assert_accepts("ch3.causal_attention", additive)
+    # the lowest float32 is below every score: a fill value that no score can beat
+    assert_accepts("ch3.causal_attention", learner_attention(fill=torch.finfo().min))
+
+
+def test_causal_attention_refuses_the_attention_functions():
+    assert_refuses_the_library("ch3.causal_attention", scaled_dot_product_attention,
+                               is_causal=True)
+    assert_refuses_the_library("ch3.causal_attention",
+                               torch.nn.functional.scaled_dot_product_attention, is_causal=True)
+
+
+def test_causal_attention_with_bmm_fails_on_two_batch_dimensions_and_says_why():
+    def with_bmm(q, k, v):
+        if q.dim() == 2:
+            return with_bmm(q[None], k[None], v[None])[0]
+        return torch.bmm(torch.softmax(torch.bmm(q, k.mT) / math.sqrt(q.shape[-1])
+                                       + torch.full((q.shape[1],) * 2, -math.inf).triu(1),
+                                       dim=-1), v)
+
+    assert_rejects("ch3.causal_attention", with_bmm, "torch.bmm takes 3-D tensors only")
 
 
 def test_causal_attention_float_mask_in_masked_fill_is_named():
@@ -147,3 +214,16 @@ def test_decode_step_feedback_names_the_order_mistakes():
     assert_rejects("ch3.decode_step", attend_then_append,
                    "a new token must also see itself, so append first, then attend")
     assert_rejects("ch3.decode_step", prepend, "new keys go at the end")
+
+
+def test_decode_step_names_the_scale_by_sqrt_d_v():
+    def by_d_v(x_new, cache_k, cache_v, w_q, w_k, w_v):
+        k, v = torch.cat([cache_k, x_new @ w_k]), torch.cat([cache_v, x_new @ w_v])
+        n_new, n = x_new.shape[0], k.shape[0]
+        sees = torch.ones(n_new, n, dtype=torch.bool).tril(n - n_new)
+        scores = (x_new @ w_q) @ k.T / math.sqrt(v.shape[-1])
+        return torch.softmax(scores.masked_fill(~sees, -math.inf), dim=-1) @ v, k, v
+
+    assert_rejects("ch3.decode_step", by_d_v,
+                   "your output divides the scores by sqrt(d_v) = sqrt(5), the width of the "
+                   "values: divide by sqrt(d_k) = sqrt(4)")

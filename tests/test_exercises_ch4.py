@@ -2,9 +2,16 @@ import math
 
 import torch
 
+from attnlib import multihead
 from attnlib.exercises.ch4 import TARGETS_SENTENCE, TARGETS_TOKEN
+from attnlib.multihead import merge_heads
 from attnlib.projections import VOCABULARY
-from tests.exercise_cases import assert_accepts, assert_rejects
+from tests.exercise_cases import (
+    assert_accepts,
+    assert_hints_then_reveals,
+    assert_refuses_the_library,
+    assert_rejects,
+)
 
 
 def reference_head_targets(sentence, token):
@@ -39,7 +46,6 @@ REFERENCES = {
 }
 
 
-
 def test_head_targets_feedback():
     right = REFERENCES["ch4.head_targets"]
     assert right == {"previous token": "the", "topic": "cash"}
@@ -51,6 +57,13 @@ def test_head_targets_feedback():
     assert_rejects("ch4.head_targets", dict(right, topic="river"), "should be one word of")
     assert_rejects("ch4.head_targets", dict(right, topic="bank"), "'bank' carries no topic")
     assert_rejects("ch4.head_targets", {"topic": "cash"}, "missing 'previous token'")
+
+
+def test_head_targets_hints_first_and_names_the_words_after_two_wrong_tries():
+    right = REFERENCES["ch4.head_targets"]
+    assert_hints_then_reveals("ch4.head_targets", dict(right, topic="deposited"),
+                              "the largest amount wins",
+                              "the previous token head picks 'the', the topic head picks 'cash'")
 
 
 def test_merge_heads_feedback_names_each_mistake():
@@ -77,6 +90,28 @@ def test_merge_heads_feedback_names_each_mistake():
                    "should have shape (2, 5, 12), but yours has shape (2, 3, 5, 4)")
 
 
+class Heads:
+    """A learner's class whose method hands the work to the library."""
+
+    def merge(self, x):
+        return multihead.merge_heads(x)
+
+
+def test_merge_heads_refuses_the_library_however_it_is_passed():
+    assert_refuses_the_library("ch4.merge_heads", merge_heads)
+    assert_rejects("ch4.merge_heads", lambda x: merge_heads(x),
+                   "your function calls attnlib's own merge_heads: the exercise asks you to "
+                   "write it yourself, with transpose and reshape")
+    assert_rejects("ch4.merge_heads", Heads().merge, "your function calls attnlib's own")
+    assert_rejects("ch4.merge_heads", multihead.merge_heads,
+                   "you passed attnlib's own merge_heads: write your own, with transpose and "
+                   "reshape")
+
+
+def test_merge_heads_accepts_permute_and_flatten():
+    assert_accepts("ch4.merge_heads", lambda x: x.permute(0, 2, 1, 3).flatten(start_dim=2))
+
+
 def test_grouped_query_feedback_spots_tiling():
     def tiled(q, k, v):
         times = q.shape[1] // k.shape[1]
@@ -93,3 +128,22 @@ def test_grouped_query_feedback_spots_tiling():
     assert_rejects("ch4.grouped_query", first_group_only, "not the right values")
     assert_rejects("ch4.grouped_query", not_expanded,
                    "k and v have g heads, so first give each query head its key/value head")
+
+
+def grouped_with_scale(scale_of):
+    """A learner's grouped-query attention whose scale is scale_of(q, v)."""
+    def grouped_query_attention(q, k, v):
+        group_size = q.shape[1] // k.shape[1]
+        k, v = (t.repeat_interleave(group_size, dim=1) for t in (k, v))
+        return torch.softmax(q @ k.mT * scale_of(q, v), dim=-1) @ v
+    return grouped_query_attention
+
+
+def test_grouped_query_names_a_missing_or_wrong_scale():
+    assert_rejects("ch4.grouped_query", grouped_with_scale(lambda q, v: 1.0),
+                   "your output is attention without the division by sqrt(d_k)")
+    assert_rejects("ch4.grouped_query",
+                   grouped_with_scale(lambda q, v: 1 / math.sqrt(v.shape[-1])),
+                   "divides the scores by sqrt(d_v) = sqrt(3), the width of the values")
+    assert_accepts("ch4.grouped_query",
+                   grouped_with_scale(lambda q, v: 1 / math.sqrt(q.shape[-1])))

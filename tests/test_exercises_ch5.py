@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-import attnlib
-from tests.exercise_cases import assert_accepts, assert_rejects
+from attnlib import measure, sparse
+from tests.exercise_cases import (
+    assert_accepts,
+    assert_hints_then_reveals,
+    assert_refuses_the_library,
+    assert_rejects,
+    messages_in_a_row,
+)
 
 
 def reference_fit_exponent(sizes, values):
@@ -28,17 +34,16 @@ REFERENCES = {
 }
 
 
-
 def test_doubling_feedback_names_every_wrong_factor_without_giving_it_away():
     answer = REFERENCES["ch5.doubling"]
-    verdict = attnlib.check("ch5.doubling", dict(answer, kv_cache_bytes=4, score_bytes=2))
-    assert not verdict
-    assert verdict.message.startswith("2 of the 4 factors are not right yet")
-    assert "kv_cache_bytes does not grow by 4 (the cache holds one key" in verdict.message
-    assert "score_bytes does not grow by 2 (the matrix holds one entry" in verdict.message
+    message = messages_in_a_row("ch5.doubling", dict(answer, kv_cache_bytes=4, score_bytes=2),
+                                tries=1)[0]
+    assert message.startswith("2 of the 4 factors are not right yet")
+    assert "kv_cache_bytes does not grow by 4 (the cache holds one key" in message
+    assert "score_bytes does not grow by 2 (the matrix holds one entry" in message
     # the right factors appear nowhere: "by 4" for score_bytes, "by 2" for the cache
-    assert "score_bytes does not grow by 4" not in verdict.message
-    assert "factor of" not in verdict.message
+    assert "score_bytes does not grow by 4" not in message
+    assert "factor of" not in message and "the answer" not in message
     assert_rejects("ch5.doubling", dict(answer, attention_flops=2),
                    "1 of the 4 factors is not right yet: attention_flops does not grow by 2")
     assert_rejects("ch5.doubling", {"attention_flops": 4}, "missing 'projection_flops'")
@@ -46,6 +51,16 @@ def test_doubling_feedback_names_every_wrong_factor_without_giving_it_away():
                    "attention_flops should be a number")
     assert_rejects("ch5.doubling", [4, 2, 4, 2], "{'attention_flops': ..., ...}")
     assert_accepts("ch5.doubling", {k: float(v) for k, v in answer.items()})
+
+
+def test_doubling_prints_a_near_miss_with_its_digits_and_reveals_after_two_tries():
+    answer = REFERENCES["ch5.doubling"]
+    assert_hints_then_reveals("ch5.doubling", dict(answer, attention_flops=4.000001),
+                              "attention_flops does not grow by 4.000001",
+                              "attention_flops 4, projection_flops 2, score_bytes 4, "
+                              "kv_cache_bytes 2")
+    assert_rejects("ch5.doubling", dict(answer, score_bytes=math.nan),
+                   "score_bytes is NaN, not a number")
 
 
 def test_fit_exponent_feedback_spots_typical_mistakes():
@@ -62,7 +77,7 @@ def test_fit_exponent_feedback_spots_typical_mistakes():
                    "you took the slope between the first and last points")
     assert_rejects("ch5.fit_exponent", no_logs, "but yours is")
     assert_rejects("ch5.fit_exponent", swapped_axes,
-                   "the exponent is 1.5000, but yours is 0.6667: you fitted log size against "
+                   "the exponent is 1.5, but yours is 0.6667: you fitted log size against "
                    "log value")
     assert_rejects("ch5.fit_exponent", lambda s, v: np.polyfit(np.log(s), np.log(v), 1),
                    "you returned a ndarray of two numbers, the line's slope and intercept "
@@ -73,6 +88,16 @@ def test_fit_exponent_feedback_spots_typical_mistakes():
     assert_accepts("ch5.fit_exponent", lambda s, v: torch.tensor(reference_fit_exponent(s, v)))
 
 
+def test_fit_exponent_prints_enough_digits_and_names_nan():
+    assert_rejects("ch5.fit_exponent", lambda s, v: reference_fit_exponent(s, v) * (1 + 1e-5),
+                   "the exponent is 1.5, but yours is 1.500015")
+    assert_rejects("ch5.fit_exponent", lambda s, v: math.nan, "the exponent is NaN")
+
+
+def test_fit_exponent_refuses_the_library():
+    assert_refuses_the_library("ch5.fit_exponent", measure.fit_exponent)
+
+
 def visible_pairs_by_brute_force(n, window):
     return sum(1 for i in range(n) for j in range(n) if 0 <= i - j < window)
 
@@ -81,7 +106,11 @@ def visible_pairs_by_brute_force(n, window):
     ("wrong", "phrase"),
     [
         (lambda n, d, w: 4 * n * d * w,
-         "for n = 10, d = 4, window = 4 expected 544 FLOPs, got 640: the first queries"),
+         "for n = 10, d = 4, window = 3 expected 432 FLOPs, got 480: the first queries"),
+        (lambda n, d, w: 4 * d * visible_pairs_by_brute_force(n, w + 1),
+         "for n = 10, d = 4, window = 3 expected 432 FLOPs, got 544: a window of width w holds "
+         "w keys, the query itself and the w - 1 before it: you counted w + 1"),
+        (lambda n, d, w: 4 * n * d * (w + 1), "a window of width w holds w keys, not w + 1"),
         (lambda n, d, w: 4 * d * (n * w - w * (w - 1) // 2),
          "for n = 1, d = 8, window = 3 expected 32 FLOPs, got 0: the closed form"),
         (lambda n, d, w: 4 * d * sum(min(i, w) for i in range(n)), "query i sees itself too"),
@@ -105,3 +134,10 @@ def test_window_flops_closed_form_with_min_is_accepted():
     assert_accepts("ch5.window_flops", closed_form)
     assert all(closed_form(n, 1, w) == 4 * visible_pairs_by_brute_force(n, w)
                for n in range(1, 12) for w in range(1, 15))
+
+
+def test_window_flops_refuses_the_library():
+    assert_refuses_the_library("ch5.window_flops", sparse.window_attention_flops, causal=True)
+    assert_rejects("ch5.window_flops",
+                   lambda n, d, w: 4 * d * sparse.visible_pairs(n, w, causal=True),
+                   "your function calls attnlib's own visible_pairs")

@@ -2,8 +2,14 @@ import math
 
 import torch
 
+from attnlib import flash
 from attnlib.exercises.ch6 import CAUSAL_BLOCKS_SETTING
-from tests.exercise_cases import assert_accepts, assert_rejects
+from tests.exercise_cases import (
+    assert_accepts,
+    assert_hints_then_reveals,
+    assert_refuses_the_library,
+    assert_rejects,
+)
 
 
 def reference_causal_blocks(N, block_q, block_k):
@@ -30,7 +36,25 @@ def reference_normalised_update(m, ell, o, x, v):
 
 
 def reference_block_step(m, ell, acc, scores, v_block):
-    m_new = torch.maximum(m, scores.max(dim=-1, keepdim=True).values)
+    """Row by row: a row that has seen no score keeps (-inf, 0, 0), as chapter 6 teaches."""
+    m_new, ell_new, acc_new = m.clone(), ell.clone(), acc.clone()
+    for b in range(scores.shape[0]):
+        for r in range(scores.shape[1]):
+            row_max = max(float(m[b, r]), float(scores[b, r].max()))
+            if row_max == -math.inf:
+                continue  # nothing visible yet: the state stays as it was
+            weights = torch.exp(scores[b, r] - row_max)
+            rescale = math.exp(float(m[b, r]) - row_max)
+            m_new[b, r] = row_max
+            ell_new[b, r] = rescale * ell[b, r] + weights.sum()
+            acc_new[b, r] = rescale * acc[b, r] + weights @ v_block[b]
+    return m_new, ell_new, acc_new
+
+
+def notebook_block_step(m, ell, acc, scores, v_block):
+    """Right wherever a row has seen a score; NaN for a row that sees nothing in its first
+    block (exp(-inf - (-inf)))."""
+    m_new = torch.maximum(m, scores.amax(dim=-1, keepdim=True))
     p = torch.exp(scores - m_new)
     rescale = torch.exp(m - m_new)
     return m_new, rescale * ell + p.sum(dim=-1, keepdim=True), rescale * acc + p @ v_block
@@ -50,7 +74,6 @@ REFERENCES = {
 }
 
 
-
 def test_causal_blocks_feedback():
     right = REFERENCES["ch6.causal_blocks"]
     total = right["computed"] + right["skipped"]
@@ -67,6 +90,14 @@ def test_causal_blocks_feedback():
                    "should be a whole number, got 36.9")
     assert_rejects("ch6.causal_blocks", 36, "answer with a dict")
     assert_rejects("ch6.causal_blocks", {"computed": "many", "skipped": 1}, "should be a number")
+
+
+def test_causal_blocks_hints_first_and_gives_the_counts_after_two_wrong_tries():
+    right = REFERENCES["ch6.causal_blocks"]
+    total = right["computed"] + right["skipped"]
+    assert_hints_then_reveals("ch6.causal_blocks", {"computed": 36, "skipped": total - 36},
+                              "the tiles are not square",
+                              f"{right['computed']} computed and {right['skipped']} skipped")
 
 
 def test_normalised_update_feedback():
@@ -145,11 +176,60 @@ def test_block_step_feedback():
         p = torch.exp(scores - scores.max(dim=-1, keepdim=True).values)
         return scores.max(dim=-1, keepdim=True).values, p.sum(-1, keepdim=True), p @ v_block
 
-    assert_rejects("ch6.block_step", acc_not_rescaled, "acc after a later block")
+    assert_rejects("ch6.block_step", acc_not_rescaled, "acc is not rescaled, ell is")
     assert_rejects("ch6.block_step", block_max_only, "m must be max(m, rowmax(scores))")
     assert_rejects("ch6.block_step", ignores_the_old_state, "after a later block")
     assert_rejects("ch6.block_step", lambda *a: a[:2],
                    "return the three values (m, ell, acc), got a tuple of 2")
+
+
+def learner_block_step(rescale="right", first_row_guard=True):
+    """A learner's block step: `rescale` "right", "missing" or "inverted"; without
+    `first_row_guard`, a row that sees nothing in its first block gets NaN."""
+    def block_step(m, ell, acc, scores, v_block):
+        m_new = torch.maximum(m, scores.amax(dim=-1, keepdim=True))
+        shift = torch.where(m_new == -math.inf, 0.0, m_new) if first_row_guard else m_new
+        p = torch.exp(scores - shift)
+        factor = {"right": torch.exp(m - shift), "missing": torch.ones_like(m),
+                  "inverted": torch.where(m == -math.inf, 0.0, torch.exp(shift - m))}[rescale]
+        return m_new, factor * ell + p.sum(dim=-1, keepdim=True), factor * acc + p @ v_block
+    return block_step
+
+
+def test_block_step_names_a_missing_or_inverted_rescale_factor():
+    assert_accepts("ch6.block_step", learner_block_step())
+    assert_rejects("ch6.block_step", learner_block_step(rescale="missing"),
+                   "neither ell nor acc is rescaled: when the maximum grows from m to m'")
+    assert_rejects("ch6.block_step", learner_block_step(rescale="inverted"),
+                   "your rescale factor is upside down: it is exp(m - m')")
+
+    def inverted_unguarded(m, ell, acc, scores, v_block):
+        m_new = torch.maximum(m, scores.amax(dim=-1, keepdim=True))
+        p, rescale = torch.exp(scores - m_new), torch.exp(m_new - m)
+        return m_new, rescale * ell + p.sum(dim=-1, keepdim=True), rescale * acc + p @ v_block
+
+    assert_rejects("ch6.block_step", inverted_unguarded,
+                   "on a first block the rescale factor exp(m - m') must be exp(-inf) = 0")
+
+
+def test_block_step_needs_a_row_that_sees_nothing_to_stay_without_nan():
+    """The edge case of the chapter: the library keeps (m, ell, acc) = (-inf, 0, 0) for a
+    row whose scores are all -inf in its first block; the plain formula gives NaN."""
+    m = torch.full((1, 1, 1), -math.inf, dtype=torch.float64)
+    scores = torch.full((1, 1, 3), -math.inf, dtype=torch.float64)
+    v = torch.ones(1, 3, 2, dtype=torch.float64)
+    state = (m, torch.zeros_like(m), torch.zeros(1, 1, 2, dtype=torch.float64))
+    assert notebook_block_step(*state, scores, v)[1].isnan().all()
+    assert not flash.block_step(*(t.clone() for t in (*state, scores, v)))[1].isnan().any()
+    assert_rejects("ch6.block_step", notebook_block_step,
+                   "with the first block, query 1 of batch 0 seeing none of its keys (its "
+                   "scores all -inf), your ell or acc has NaN: in the row that sees no key")
+    assert_rejects("ch6.block_step", learner_block_step(first_row_guard=False),
+                   "subtract 0 where m' = -inf")
+
+
+def test_block_step_refuses_the_library():
+    assert_refuses_the_library("ch6.block_step", flash.block_step)
 
 
 def test_merge_feedback():
@@ -171,7 +251,8 @@ def test_merge_feedback():
         return out1 + out2, torch.logaddexp(lse1, lse2)
 
     assert_rejects("ch6.merge", average, "lse with the keys split 4 + 5")
-    assert_rejects("ch6.merge", unguarded_sum, "scores near 1000 overflowed to infinity")
+    assert_rejects("ch6.merge", unguarded_sum,
+                   "scores near 1000, batch dimensions (2, 3) overflowed to infinity")
     assert_rejects("ch6.merge", unguarded_weights, "weight each part by exp(lse_part - lse)")
     assert_rejects("ch6.merge", unguarded_weights, "scores near 1000")
     assert_rejects("ch6.merge", unweighted, "weight each part by exp(lse_part - lse)")

@@ -5,7 +5,13 @@ import attnlib
 from attnlib import exercises
 from attnlib.exercises import ch8
 from attnlib.linear_attention import linear_attention_step
-from tests.exercise_cases import assert_accepts, assert_rejects
+from tests.exercise_cases import (
+    assert_accepts,
+    assert_hints_then_reveals,
+    assert_refuses_the_library,
+    assert_rejects,
+    messages_in_a_row,
+)
 
 
 def phi(x):
@@ -111,8 +117,8 @@ def test_linear_step_names_read_before_write_on_a_later_token():
                    "state before writing the current token")
 
 
-def test_linear_step_accepts_the_library_and_other_right_forms():
-    assert_accepts("ch8.linear_step", linear_attention_step)
+def test_linear_step_refuses_the_library_and_accepts_other_right_forms():
+    assert_refuses_the_library("ch8.linear_step", linear_attention_step)
 
     def in_place(state, normaliser, q, k, v):
         state += torch.nn.functional.elu(k).add(1).unsqueeze(-1) @ v.unsqueeze(-2)
@@ -163,48 +169,28 @@ def test_scan_combine_accepts_a_rule_written_another_way():
 # --- recall_capacity: hint first, the answer only later ---------------------------------
 
 
-@pytest.fixture
-def tries(monkeypatch):
-    """Drives the wrong-try count by hand: tries.count = n."""
-    class Tries:
-        count = 0
-
-    monkeypatch.setattr(ch8, "wrong_tries", lambda name: Tries.count)
-    return Tries
-
-
 @pytest.mark.parametrize(("answer", "phrase"), [
     (4096, "the state has d^2 = 4096 numbers"),
     (65, "count the keys that can all be at right angles to each other in 64 dimensions"),
     (128, "count the keys"),
     (8, "the question asks for the most"),
+    (64.000001, "64.000001 pairs is not right"),
     ("sixty-four", "answer with one number of pairs"),
 ])
-def test_recall_capacity_hints_without_giving_the_answer(tries, answer, phrase):
-    verdict = attnlib.check("ch8.recall_capacity", answer)
-    assert not verdict and phrase in verdict.message
-    assert "64" not in verdict.message.replace("64 dimensions", "")
-
-
-def test_recall_capacity_reveals_the_answer_after_two_wrong_tries(tries):
-    tries.count = ch8.REVEAL_AFTER - 1
-    assert "the answer" not in attnlib.check("ch8.recall_capacity", 100).message
-    tries.count = ch8.REVEAL_AFTER
-    assert_rejects("ch8.recall_capacity", 100, "the answer: 64, because at most d keys")
-
-
-def test_recall_capacity_counts_its_own_wrong_tries_where_the_checker_does_not(monkeypatch):
-    monkeypatch.delattr(exercises, "attempts", raising=False)
-    monkeypatch.setattr(ch8, "_OWN_WRONG_TRIES", ch8.collections.Counter())
-    messages = [attnlib.check("ch8.recall_capacity", 4096).message for _ in range(3)]
-    assert ["the answer" in m for m in messages] == [False, False, True]
-    assert_accepts("ch8.recall_capacity", 64.0)
+def test_recall_capacity_hints_without_giving_the_answer(answer, phrase):
+    assert_hints_then_reveals("ch8.recall_capacity", answer, phrase,
+                              "64, because at most d keys can be orthogonal in d dimensions")
+    first = messages_in_a_row("ch8.recall_capacity", answer, tries=1)[0]
+    assert "64" not in first.replace("64 dimensions", "").replace("64.000001", "")
 
 
 def test_recall_capacity_uses_the_checkers_count_where_there_is_one(monkeypatch):
     monkeypatch.setattr(exercises, "attempts", lambda name: 5, raising=False)
-    assert ch8.wrong_tries("ch8.recall_capacity") == 5
     assert "the answer: 64" in attnlib.check("ch8.recall_capacity", 1).message
+
+
+def test_recall_capacity_accepts_64_as_a_float():
+    assert_accepts("ch8.recall_capacity", 64.0)
 
 
 def test_recall_capacity_praise_gives_the_crosstalk_beyond():

@@ -12,9 +12,13 @@ lets a traceback reach the learner.
 `progress("ch3")` lists a chapter's exercises and which of them passed.
 """
 
+import functools
 import html
 import importlib
+import math
 import pkgutil
+import types
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -227,6 +231,98 @@ def call(fn, *args, called_with, hint=None):
                     f"when called with {called_with}.{' ' + extra if extra else ''}") from None
 
 
+def bmm_hint(error):
+    """A sentence for a function that used torch.bmm on inputs that are not 3-D, or None."""
+    if "must be a 3D tensor" in str(error):
+        return ("torch.bmm takes 3-D tensors only: use @ (torch.matmul), which takes any "
+                "number of batch dimensions.")
+    return None
+
+
+def _unwrapped(fn):
+    """`fn` without its functools.partial, bound-method or functools.wraps wrappers."""
+    for _ in range(16):
+        inner = (fn.func if isinstance(fn, functools.partial)
+                 else getattr(fn, "__func__", None) or getattr(fn, "__wrapped__", None))
+        if inner is None:
+            break
+        fn = inner
+    return fn
+
+
+def _attribute(module, name):
+    """module.name, or None where it has none (or a lazy import of it fails or warns)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return getattr(module, name, None)
+        except Exception:
+            return None
+
+
+def _reached_by_name(fn):
+    """What the code of `fn` names directly: its globals and closure, and the attributes
+    of those modules that it names too (`torch.softmax`, `attnlib.multihead.merge_heads`)."""
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return []
+    names, codes = set(), [code]
+    while codes:
+        code = codes.pop()
+        names.update(code.co_names)
+        codes.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    reached = [getattr(fn, "__globals__", {}).get(name) for name in names]
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            reached.append(cell.cell_contents)
+        except ValueError:  # a cell not filled yet
+            pass
+    modules = [obj for obj in reached if isinstance(obj, types.ModuleType)]
+    for _ in range(3):  # attnlib.multihead.merge_heads is two steps from attnlib
+        found = [_attribute(module, name) for module in modules for name in names]
+        reached += found
+        modules = [obj for obj in found if isinstance(obj, types.ModuleType)]
+    return reached
+
+
+def _library_name(fn):
+    module = getattr(fn, "__module__", None) or ""
+    owner = "attnlib" if module.startswith("attnlib") else "PyTorch"
+    return f"{owner}'s own {fn.__name__}"
+
+
+def refuse_library(fn, library_fns, write):
+    """Raise Wrong when the learner's `fn` is one of `library_fns` (itself, or wrapped by
+    functools.partial, a bound method or functools.wraps) or calls one of them by name,
+    where the exercise asks them to write it; `write` says how ("with transpose and
+    reshape")."""
+    own = _unwrapped(fn)
+    for library_fn in library_fns:
+        if own is library_fn:
+            raise Wrong(f"you passed {_library_name(library_fn)}: write your own, {write}.")
+    reached = _reached_by_name(own)
+    for library_fn in library_fns:
+        if any(obj is library_fn for obj in reached):
+            raise Wrong(f"your function calls {_library_name(library_fn)}: the exercise asks "
+                        f"you to write it yourself, {write}.")
+
+
+# --- predictions: a hint first, the answer only after a few wrong tries -----------------
+
+#: Wrong tries at a prediction after which its check gives the answer.
+REVEAL_AFTER = 2
+
+def wrong_prediction(name, hint, answer):
+    """Raise Wrong for a wrong prediction at exercise `name`: `hint` (a sentence that does
+    not give the answer away) until REVEAL_AFTER wrong tries (`attempts`), then `hint` and
+    `answer`."""
+    reveal = attempts(name) >= REVEAL_AFTER
+    raise Wrong(f"{hint}; the answer: {answer}." if reveal else f"{hint}.")
+
+
+# --- answers: their form, their numbers ------------------------------------------------
+
+
 def require_keys(answer, keys, example):
     """Raise Wrong unless `answer` is a dict holding every one of `keys`; `example` shows
     the expected form in the feedback."""
@@ -249,15 +345,21 @@ def require_parts(got, names):
     return tuple(got)
 
 
+_NAN_SOURCES = "NaN comes from 0 / 0, inf - inf (as in exp(-inf - (-inf))) or inf * 0"
+
+
 def number(value, what):
-    """`value` as a float if it is a real number (a 0-d tensor or array too, not a bool);
-    else raise Wrong naming `what`."""
+    """`value` as a float if it is a real number (a 0-d tensor or array too, not a bool),
+    not NaN; else raise Wrong naming `what`."""
     try:
         if isinstance(value, (bool, str, bytes)):
             raise TypeError
-        return float(value)
+        got = float(value)
     except (TypeError, ValueError, RuntimeError):
         raise Wrong(f"{what} should be a number, got {value!r}.") from None
+    if math.isnan(got):
+        raise Wrong(f"{what} is NaN, not a number: {_NAN_SOURCES}.")
+    return got
 
 
 def whole_number(value, what):
@@ -269,8 +371,37 @@ def whole_number(value, what):
     return int(got)
 
 
+def number_text(x):
+    """A learner's number as they gave it: every digit it has, no trailing ".0"."""
+    text = repr(float(x))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def texts_apart(a, b, digits=4):
+    """Two numbers as text, with `digits` significant digits or as many more as it takes
+    for their difference to show: 1000.69 and 1000 print as "1000.69" and "1000", not
+    "1001" and "1000"."""
+    a, b = float(a), float(b)
+    if math.isfinite(a) and math.isfinite(b) and a != b:
+        magnitude = math.floor(math.log10(max(abs(a), abs(b))))
+        digits = max(digits, magnitude - math.floor(math.log10(abs(a - b))) + 2)
+    digits = min(digits, 17)
+    return f"{a:.{digits}g}", f"{b:.{digits}g}"
+
+
+def float_tolerance(dtype, magnitude=1.0, ulps=8):
+    """What a right computation in `dtype` may be off by, relative to its result, when its
+    inputs are as large as `magnitude`: `ulps` units in the last place of magnitude
+    (float32: exp(x - lse) for logits of 1000 is off by about 3e-5, float32's eps is 1.2e-7
+    per unit of magnitude)."""
+    return ulps * torch.finfo(dtype).eps * max(1.0, magnitude)
+
+
 def shape_text(shape):
     return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+# --- tensors ---------------------------------------------------------------------------
 
 
 def matches(got, known, atol=1e-5):
@@ -279,6 +410,29 @@ def matches(got, known, atol=1e-5):
     return (isinstance(got, torch.Tensor) and got.shape == known.shape
             and torch.allclose(got.detach().double().cpu(), known.detach().double().cpu(),
                                atol=atol, rtol=0, equal_nan=True))
+
+
+def mistake_named(got, mistakes, expected=None, atol=1e-5):
+    """The sentence of the first (wrong answer, sentence) of `mistakes` that `got` matches,
+    or None; a mistake that gives the `expected` answer on these inputs is passed over."""
+    return next((sentence for wrong, sentence in mistakes if matches(got, wrong, atol)
+                 and (expected is None or not matches(wrong, expected, atol))), None)
+
+
+def scale_mistakes(attend, d_k, d_v):
+    """(attend(scale), sentence) for the usual wrong scales of attention scores, where
+    attend(scale) is the right attention with that scale in place of 1/sqrt(d_k)."""
+    mistakes = [
+        (attend(1.0), "is attention without the division by sqrt(d_k): scale the scores by "
+                      "1/sqrt(d_k)"),
+        (attend(1 / d_k), "divides the scores by d_k: divide by sqrt(d_k) instead"),
+        (attend(math.sqrt(d_k)), "multiplies the scores by sqrt(d_k): divide by it instead"),
+    ]
+    if d_v != d_k:
+        mistakes.append((attend(d_v**-0.5), f"divides the scores by sqrt(d_v) = sqrt({d_v}), "
+                         f"the width of the values: divide by sqrt(d_k) = sqrt({d_k}), the "
+                         "width of q and k"))
+    return mistakes
 
 
 def same_tensor(got, expected, what, atol=1e-5, rtol=1e-5, hint=None):
@@ -296,6 +450,10 @@ def same_tensor(got, expected, what, atol=1e-5, rtol=1e-5, hint=None):
     close = torch.isclose(got64, expected64, atol=atol, rtol=rtol, equal_nan=True)
     if not bool(close.all()):
         where = tuple(int(i) for i in torch.nonzero(~close)[0])
-        raise Wrong(f"{what} has the right shape but not the right values: at index {where} "
-                    f"expected {expected64[where]:.6g}, got {got64[where]:.6g}"
-                    f"{': ' + hint if hint else ''}.")
+        right, yours = texts_apart(expected64[where], got64[where])
+        if math.isnan(got64[where]):
+            problem = f"has NaN at index {where}, where {right} was expected ({_NAN_SOURCES})"
+        else:
+            problem = (f"has the right shape but not the right values: at index {where} "
+                       f"expected {right}, got {yours}")
+        raise Wrong(f"{what} {problem}{': ' + hint if hint else ''}.")

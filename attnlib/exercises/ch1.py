@@ -1,16 +1,22 @@
 """Checks for chapter 1: Q/K/V projections."""
 
+import math
+
 import torch
 
 from attnlib import projections
 from attnlib.exercises import (
     Wrong,
+    bmm_hint,
     call,
     exercise,
+    matches,
+    refuse_library,
     require_keys,
     require_parts,
     same_tensor,
     shape_text,
+    wrong_prediction,
 )
 
 #: The setting of the shape-prediction exercise.
@@ -42,8 +48,9 @@ def check_shapes(answer):
         except (TypeError, ValueError):
             raise Wrong(f"{key} should be a tuple of ints, got {answer[key]!r}.") from None
         if got != shape:
-            raise Wrong(f"{key} has shape {shape_text(shape)}, not {shape_text(got)}: "
-                        f"{_SHAPE_HINTS[key]}.")
+            wrong_prediction("ch1.shapes", f"{key} does not have shape {shape_text(got)}: "
+                             f"{_SHAPE_HINTS[key]}",
+                             ", ".join(f"{k} {shape_text(s)}" for k, s in expected.items()))
     return "Q and K share the width d_k so that they can be compared, and S is N x N."
 
 
@@ -64,13 +71,22 @@ def check_bank_money(answer):
     if word not in scores:
         raise Wrong(f"{answer!r} is not one of the other words of {MONEY_SENTENCE!r}.")
     if word != best:
-        raise Wrong(f"bank's score for {word!r} is {scores[word]:.2f}, but another word scores "
-                    "higher: look at which words have a non-zero 'water' or 'money' feature.")
+        wrong_prediction("ch1.bank_money",
+                         f"bank's score for {word!r} is {scores[word]:.2f}, but another word "
+                         "scores higher: look at which words have a non-zero 'water' or "
+                         "'money' feature",
+                         f"{best!r}, whose key answers bank's query with {scores[best]:.2f}, "
+                         "its amount of money")
     return f"{best!r} carries the most 'money', and bank's query asks for the topic around it."
+
+
+def _batch_hint(error):
+    return bmm_hint(error) or "Use @, which handles leading batch dimensions."
 
 
 @exercise("ch1.project_qkv")
 def check_project_qkv(my_qkv):
+    refuse_library(my_qkv, (projections.qkv, projections.project), "with @")
     tokens, x = projections.embed(projections.EXAMPLE_SENTENCE)
     cases = [("the example sentence and the hand-built W_Q, W_K, W_V",
               x, projections.hand_built_projections())]
@@ -79,9 +95,8 @@ def check_project_qkv(my_qkv):
     cases.append(("a batch x of shape (2, 3, 5, 8), d_k = 4, d_v = 6", x_batch,
                   projections.random_projections(8, 4, 6, seed=1)))
     for description, x_case, weights in cases:
-        hint = "Use @, which handles leading batch dimensions." if x_case.dim() > 2 else None
-        got = require_parts(call(my_qkv, x_case, *weights, called_with=description, hint=hint),
-                            "QKV")
+        got = require_parts(call(my_qkv, x_case, *weights, called_with=description,
+                                 hint=_batch_hint if x_case.dim() > 2 else None), "QKV")
         for what, g, e in zip("QKV", got, projections.qkv(x_case, *weights), strict=True):
             same_tensor(g, e, f"{what} for {description}")
     return "one matrix product per projection, and it works for any leading batch dimensions."
@@ -95,5 +110,8 @@ def check_cross_scores(cross_scores):
     expected = (x_q @ w_q) @ (x_kv @ w_k).mT
     got = call(cross_scores, x_q, x_kv, w_q, w_k,
                called_with="x_q of shape (3, 6), x_kv of shape (5, 6), d_k = 4")
+    if matches(got, expected / math.sqrt(4)):
+        raise Wrong("your scores are divided by sqrt(d_k): the exercise asks for the raw "
+                    "scores, (x_q W_Q)(x_kv W_K)^T; chapter 2 adds the scale.")
     same_tensor(got, expected, "the score table for 3 queries and 5 keys")
     return "one row per query, one column per key: (3, 5) here, no longer square."

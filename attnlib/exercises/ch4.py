@@ -4,7 +4,18 @@ import torch
 
 from attnlib import multihead
 from attnlib.attention import scaled_dot_product_attention
-from attnlib.exercises import Wrong, call, exercise, matches, require_keys, same_tensor
+from attnlib.exercises import (
+    Wrong,
+    call,
+    exercise,
+    matches,
+    mistake_named,
+    refuse_library,
+    require_keys,
+    same_tensor,
+    scale_mistakes,
+    wrong_prediction,
+)
 from attnlib.multihead import merge_heads
 
 #: The sentence of the prediction exercise, and the token whose row is asked about.
@@ -32,7 +43,10 @@ def check_head_targets(answer):
             hint = {"previous token": "its query is bank's position turned back by one step",
                     "topic": "its key is how much water or money a word carries, and the "
                              "largest amount wins"}[name]
-            raise Wrong(f"the {name} head does not pick {got!r} for {TARGETS_TOKEN!r}: {hint}.")
+            wrong_prediction("ch4.head_targets",
+                             f"the {name} head does not pick {got!r} for {TARGETS_TOKEN!r}: "
+                             f"{hint}", ", ".join(f"the {head} head picks {target!r}"
+                                                  for head, target in expected.items()))
     return (f"one head finds {expected['previous token']!r} right before bank, the other "
             f"{expected['topic']!r}, the word with the most money: two places at once.")
 
@@ -46,6 +60,7 @@ def _view_hint(error):
 
 @exercise("ch4.merge_heads")
 def check_merge_heads(my_merge_heads):
+    refuse_library(my_merge_heads, (merge_heads,), "with transpose and reshape")
     gen = torch.Generator().manual_seed(5)
     for shape in ((2, 3, 5, 4), (1, 4, 2, 3)):
         x = torch.randn(*shape, generator=gen)
@@ -67,10 +82,10 @@ def check_merge_heads(my_merge_heads):
             "(B, N, h * d_head), ready for W_O.")
 
 
-def _grouped_reference(q, k, v):
+def _grouped_reference(q, k, v, scale=None):
     group_size = q.shape[-3] // k.shape[-3]
     k, v = (t.repeat_interleave(group_size, dim=-3) for t in (k, v))
-    return scaled_dot_product_attention(q, k, v)
+    return scaled_dot_product_attention(q, k, v, scale=scale)
 
 
 def _works_with_as_many_kv_heads(grouped_query_attention, q, k, v):
@@ -87,10 +102,12 @@ def _works_with_as_many_kv_heads(grouped_query_attention, q, k, v):
 @exercise("ch4.grouped_query")
 def check_grouped_query(grouped_query_attention):
     gen = torch.Generator().manual_seed(6)
-    for heads, groups in ((4, 2), (6, 3), (4, 1)):
+    for heads, groups, d_v in ((4, 2, 3), (6, 3, 4), (4, 1, 2)):
         q = torch.randn(2, heads, 5, 4, generator=gen)
-        k, v = (torch.randn(2, groups, 5, 4, generator=gen) for _ in range(2))
-        description = f"{heads} query heads and {groups} key/value head(s)"
+        k = torch.randn(2, groups, 5, 4, generator=gen)
+        v = torch.randn(2, groups, 5, d_v, generator=gen)
+        description = (f"{heads} query heads and {groups} key/value head(s), d = 4 and values "
+                       f"of width {d_v}")
         def hint(error, q=q, k=k, v=v, heads=heads, groups=groups):
             if groups > 1 and _works_with_as_many_kv_heads(grouped_query_attention, q, k, v):
                 return (f"It works when k and v have {heads} heads: k and v have g heads, so "
@@ -104,5 +121,10 @@ def check_grouped_query(grouped_query_attention):
             raise Wrong(f"with {description}, query head i must use key/value head "
                         f"i // {heads // groups}; your heads cycle through the groups "
                         f"(repeat) instead of sharing them in blocks (repeat_interleave).")
-        same_tensor(got, _grouped_reference(q, k, v), f"the output for {description}")
+        expected = _grouped_reference(q, k, v)
+        what = mistake_named(got, scale_mistakes(
+            lambda scale, q=q, k=k, v=v: _grouped_reference(q, k, v, scale), 4, d_v), expected)
+        if what:
+            raise Wrong(f"with {description}, your output {what}.")
+        same_tensor(got, expected, f"the output for {description}")
     return "neighbouring query heads share one key/value head, so the KV cache shrinks by h / g."

@@ -5,8 +5,19 @@ import random
 
 import torch
 
-from attnlib import cost, measure
-from attnlib.exercises import Wrong, call, exercise, number, require_keys, whole_number
+from attnlib import cost, measure, sparse
+from attnlib.exercises import (
+    Wrong,
+    call,
+    exercise,
+    number,
+    number_text,
+    refuse_library,
+    require_keys,
+    texts_apart,
+    whole_number,
+    wrong_prediction,
+)
 
 #: The setting of the doubling prediction: one float32 head of width 64, N from 4096 to 8192.
 DOUBLING_SETTING = {"n": 4096, "d": 64, "d_model": 64, "dtype": torch.float32}
@@ -38,12 +49,13 @@ def check_doubling(answer):
     expected = doubling_factors(**DOUBLING_SETTING)
     require_keys(answer, list(expected), "{'attention_flops': ..., ...} (one factor per key)")
     answer = {key: number(answer[key], key) for key in expected}
-    wrong = [f"{key} does not grow by {answer[key]:g} ({_DOUBLING_HINTS[key]})"
+    wrong = [f"{key} does not grow by {number_text(answer[key])} ({_DOUBLING_HINTS[key]})"
              for key, factor in expected.items() if not math.isclose(answer[key], factor)]
     if wrong:
         verb = "is" if len(wrong) == 1 else "are"
-        raise Wrong(f"{len(wrong)} of the {len(expected)} factors {verb} not right yet: "
-                    f"{'; '.join(wrong)}.")
+        wrong_prediction("ch5.doubling", f"{len(wrong)} of the {len(expected)} factors {verb} "
+                                         f"not right yet: {'; '.join(wrong)}",
+                         ", ".join(f"{key} {factor:g}" for key, factor in expected.items()))
     return ("twice the tokens: 4 times the attention work and score memory, "
             "but only twice the projections and the KV cache.")
 
@@ -57,6 +69,8 @@ def _noisy_power_law(seed):
 
 @exercise("ch5.fit_exponent")
 def check_fit_exponent(my_fit_exponent):
+    refuse_library(my_fit_exponent, (measure.fit_exponent,),
+                   "with logarithms and a least-squares line")
     exact_sizes = [100, 300, 1000, 3000]
     cases = [(f"sizes {exact_sizes} and values 5 * n**1.5", exact_sizes,
               [5 * n**1.5 for n in exact_sizes])]
@@ -85,8 +99,9 @@ def check_fit_exponent(my_fit_exponent):
                         "the value on the y axis")
             else:
                 hint = "fit a straight line to (log size, log value) and return its slope"
-            raise Wrong(f"for {description} the exponent is {expected:.4f}, "
-                        f"but yours is {got:.4g}: {hint}.")
+            right, yours = texts_apart(expected, got)
+            raise Wrong(f"for {description} the exponent is {right}, but yours is {yours}: "
+                        f"{hint}.")
     return "a power law is a straight line on log-log axes, and its slope is the exponent."
 
 
@@ -104,6 +119,11 @@ def _window_flops_mistakes(n, d, window):
          "than the text, no query sees more than N keys: use m = min(N, w) in place of w"),
         (4 * d * sum(min(i, window) for i in range(n)),
          "query i sees itself too: min(i + 1, window) keys, not min(i, window)"),
+        (4 * d * sum(min(i + 1, window + 1) for i in range(n)),
+         "a window of width w holds w keys, the query itself and the w - 1 before it: you "
+         "counted w + 1, min(i + 1, w + 1) keys for query i"),
+        (4 * n * d * (window + 1),
+         "a window of width w holds w keys, not w + 1, and the first queries see fewer"),
         (2 * d * pairs,
          "each visible pair costs two products of length d (the score and the weighted sum), "
          "so 4 d FLOPs, not 2 d"),
@@ -118,7 +138,9 @@ def _window_flops_mistakes(n, d, window):
 
 @exercise("ch5.window_flops")
 def check_window_flops(window_flops):
-    for n, d, window in [(10, 4, 4), (1, 8, 3), (6, 2, 20), (131072, 128, 4096)]:
+    refuse_library(window_flops, (sparse.window_attention_flops, sparse.visible_pairs),
+                   "with a sum over the queries or its closed form")
+    for n, d, window in [(10, 4, 3), (1, 8, 3), (6, 2, 20), (131072, 128, 4096)]:
         expected = window_flops_reference(n, d, window)
         setting = f"n = {n}, d = {d}, window = {window}"
         got = call(window_flops, n, d, window, called_with=setting)

@@ -5,11 +5,42 @@ import math
 import torch
 
 from attnlib import flash
-from attnlib.exercises import Wrong, call, exercise, require_parts, same_tensor, whole_number
+from attnlib.exercises import (
+    Wrong,
+    call,
+    exercise,
+    matches,
+    refuse_library,
+    require_parts,
+    same_tensor,
+    whole_number,
+    wrong_prediction,
+)
 
 #: The setting of the tile-counting exercise: a causal mask over N tokens, tiles of
 #: block_q queries by block_k keys (the last block of each side is shorter).
 CAUSAL_BLOCKS_SETTING = {"N": 1000, "block_q": 128, "block_k": 64}
+
+
+def _causal_blocks_hint(got, n, block_q, block_k):
+    """A sentence on a wrong count of tiles that does not give the right count."""
+    query_blocks, key_blocks = math.ceil(n / block_q), math.ceil(n / block_k)
+    total = query_blocks * key_blocks
+    if got["computed"] in (n * (n + 1) // 2, n * (n - 1) // 2) or sum(got.values()) == n * n:
+        return (f"count tiles, not scores: a tile is a block of {block_q} queries by "
+                f"{block_k} keys, and it is computed or skipped as a whole")
+    if sum(got.values()) != total:
+        return (f"there are {query_blocks} query blocks ({n} / {block_q}, rounded up) and "
+                f"{key_blocks} key blocks ({n} / {block_k}, rounded up), so {total} tiles "
+                f"in all, but yours add up to {sum(got.values())}")
+    square = [t * (t + 1) // 2 for t in (query_blocks, key_blocks)]
+    hint = (f"the tiles are not square, so the diagonal crosses {block_q // block_k} key "
+            f"blocks of {block_k} in each query block of {block_q}; "
+            if got["computed"] in square else "")
+    return (f"{got['computed']} computed is not right: {hint}query block r (queries "
+            f"{block_q}r to {block_q}r + {block_q - 1}) sees every key block whose "
+            "first key is at most its last query; count them for each query block "
+            f"(the last one ends at query {n - 1})")
 
 
 @exercise("ch6.causal_blocks")
@@ -23,22 +54,9 @@ def check_causal_blocks(answer):
         raise Wrong("answer with a dict {'computed': ..., 'skipped': ...}, "
                     f"got {answer!r}.")
     got = {key: whole_number(value, f"{key} (a count of tiles)") for key, value in answer.items()}
-    if got["computed"] in (n * (n + 1) // 2, n * (n - 1) // 2) or sum(got.values()) == n * n:
-        raise Wrong(f"count tiles, not scores: a tile is a block of {block_q} queries by "
-                    f"{block_k} keys, and it is computed or skipped as a whole.")
-    if sum(got.values()) != total:
-        raise Wrong(f"there are {query_blocks} query blocks ({n} / {block_q}, rounded up) and "
-                    f"{key_blocks} key blocks ({n} / {block_k}, rounded up), so {total} tiles "
-                    f"in all, but yours add up to {sum(got.values())}.")
     if got != expected:
-        square = [t * (t + 1) // 2 for t in (query_blocks, key_blocks)]
-        hint = (f"the tiles are not square, so the diagonal crosses {block_q // block_k} key "
-                f"blocks of {block_k} in each query block of {block_q}; "
-                if got["computed"] in square else "")
-        raise Wrong(f"{got['computed']} computed is not right: {hint}query block r (queries "
-                    f"{block_q}r to {block_q}r + {block_q - 1}) sees every key block whose "
-                    "first key is at most its last query; count them for each query block "
-                    f"(the last one ends at query {n - 1}).")
+        wrong_prediction("ch6.causal_blocks", _causal_blocks_hint(got, n, block_q, block_k),
+                         f"{expected['computed']} computed and {expected['skipped']} skipped")
     masked = sum(block.masked for block in schedule)
     return (f"{expected['computed']} of {total} tiles are computed ({masked} of them masked, "
             f"crossed by the diagonal) and {expected['skipped']} skipped: close to half, as "
@@ -48,10 +66,11 @@ def check_causal_blocks(answer):
 # --- FlashAttention-1's update: the output kept normalised ------------------------------
 
 #: The three queries streamed through the update, one score at a time (the second one's
-#: scores overflow exp in float32 unless the running maximum is subtracted first).
+#: scores overflow exp in float32 unless the running maximum is subtracted first; the
+#: third one's third key is masked, its score -inf).
 NORMALISED_UPDATE_SCORES = [[1.0, 3.0, 2.0, 5.0, 0.0],
                             [800.0, 805.0, 790.0, 810.0, 809.0],
-                            [-2.0, -1.0, -3.0, -0.5, -4.0]]
+                            [-2.0, -1.0, -math.inf, -0.5, -4.0]]
 
 
 def _as_tensor(value):
@@ -120,26 +139,78 @@ def _state(batch, rows, d_v, gen, m_offset=0.0):
     return m, ell, torch.randn(batch, rows, d_v, generator=gen, dtype=torch.float64)
 
 
-@exercise("ch6.block_step")
-def check_block_step(my_block_step):
+_FIRST_BLOCK_NAN = ("on a first block the rescale factor exp(m - m') must be exp(-inf) = 0; "
+                    "exp(m' - m) is inf, and inf * 0 is NaN")
+_NO_KEY_NAN = ("in the row that sees no key m' = -inf too, and exp(scores - m') = "
+               "exp(-inf - (-inf)) is NaN; subtract 0 where m' = -inf (the chapter's _finite), "
+               "so that the row keeps m = -inf, ell = 0 and acc = 0")
+
+
+def _block_step_cases():
+    """(description, (m, ell, acc), scores, v_block, what NaN means there): batch 2,
+    4 queries, d_v = 3."""
     gen = torch.Generator().manual_seed(6)
     scores = torch.randn(2, 4, 14, generator=gen, dtype=torch.float64) * 3
     v = torch.randn(2, 14, 3, generator=gen, dtype=torch.float64)
     m0 = torch.full((2, 4, 1), -math.inf, dtype=torch.float64)
     first = (m0, torch.zeros_like(m0), torch.zeros(2, 4, 3, dtype=torch.float64))
-    cases = [("the first block (m = -inf, ell = 0, acc = 0) with scores (2, 4, 6)", first,
-              scores[..., :6], v[:, :6]),
-             ("a later block with scores (2, 4, 4)", _state(2, 4, 3, gen), scores[..., 6:10],
-              v[:, 6:10]),
-             ("a later block whose scores all lie below the old maximum m (about 30)",
-              _state(2, 4, 3, gen, m_offset=30.0), scores[..., 10:], v[:, 10:])]
-    for description, state, s_block, v_block in cases:
+    masked_later, masked_first = scores[..., 6:10].clone(), scores[..., :6].clone()
+    masked_later[1, 2] = masked_first[0, 1] = -math.inf
+    return [("the first block (m = -inf, ell = 0, acc = 0) with scores (2, 4, 6)", first,
+             scores[..., :6], v[:, :6], _FIRST_BLOCK_NAN),
+            ("a later block with scores (2, 4, 4), query 2 of batch 1 seeing none of its keys",
+             _state(2, 4, 3, gen), masked_later, v[:, 6:10], None),
+            ("a later block whose scores all lie below the old maximum m (about 30)",
+             _state(2, 4, 3, gen, m_offset=30.0), scores[..., 10:], v[:, 10:], None),
+            ("the first block, query 1 of batch 0 seeing none of its keys (its scores all -inf)",
+             first, masked_first, v[:, :6], _NO_KEY_NAN)]
+
+
+def _rescale_mistakes(m, ell, acc, scores, v_block):
+    """(ell, acc) of the usual wrong rescalings of a later block, with the sentence naming
+    each; m is finite."""
+    m_new = torch.maximum(m, scores.amax(dim=-1, keepdim=True))
+    p = torch.exp(scores - m_new)
+    rescale, new_ell, new_acc = torch.exp(m - m_new), p.sum(dim=-1, keepdim=True), p @ v_block
+    why = ("when the maximum grows from m to m', the old sums were taken relative to m and "
+           "must be multiplied by the rescale factor exp(m - m')")
+    return [
+        ((ell + new_ell, acc + new_acc), f"neither ell nor acc is rescaled: {why}"),
+        ((rescale * ell + new_ell, acc + new_acc), f"acc is not rescaled, ell is: {why}"),
+        ((ell + new_ell, rescale * acc + new_acc), f"ell is not rescaled, acc is: {why}"),
+        ((ell / rescale + new_ell, acc / rescale + new_acc),
+         "your rescale factor is upside down: it is exp(m - m'), the old maximum minus the new "
+         "one, at most 1; exp(m' - m) is its inverse"),
+    ]
+
+
+def _same_parts(got, known):
+    return all(matches(g, k) for g, k in zip(got, known, strict=True))
+
+
+def _has_nan(t):
+    return isinstance(t, torch.Tensor) and t.is_floating_point() and bool(t.isnan().any())
+
+
+@exercise("ch6.block_step")
+def check_block_step(my_block_step):
+    refuse_library(my_block_step, (flash.block_step,), "with maximum, exp and sum")
+    for description, state, s_block, v_block, why_nan in _block_step_cases():
         args = [t.clone() for t in (*state, s_block, v_block)]
         got = call(my_block_step, *args, called_with=description)
         got = require_parts(got, ("m", "ell", "acc"))
         expected = flash.block_step(*(t.clone() for t in (*state, s_block, v_block)))
         same_tensor(got[0], expected[0], f"m after {description}",
                     hint="m must be max(m, rowmax(scores)), the old maximum included")
+        if why_nan and any(_has_nan(part) for part in got[1:]):
+            raise Wrong(f"with {description}, your ell or acc has NaN: {why_nan}.")
+        if torch.isfinite(state[0]).all():  # a later block: name a wrong rescaling
+            sentence = next((sentence for wrong, sentence in _rescale_mistakes(*state, s_block,
+                                                                               v_block)
+                             if _same_parts(got[1:], wrong)
+                             and not _same_parts(expected[1:], wrong)), None)
+            if sentence:
+                raise Wrong(f"with {description}, {sentence}.")
         for name, g, e in zip(("ell", "acc"), got[1:], expected[1:], strict=True):
             same_tensor(g, e, f"{name} after {description}")
     return "rescale the old state by exp(m_old - m_new), then add the new block's share."
@@ -151,14 +222,15 @@ def check_block_step(my_block_step):
 def _parts(gen, n_keys_first, shift=0.0):
     """(out, lse) of attention over all 9 keys, over the first n_keys_first, and over the
     rest; every score raised by `shift` (through an extra dimension of q and k)."""
-    q = torch.randn(2, 5, 4, generator=gen, dtype=torch.float64)
-    k = torch.randn(2, 9, 4, generator=gen, dtype=torch.float64)
-    v = torch.randn(2, 9, 3, generator=gen, dtype=torch.float64)
-    q = torch.cat([q / 2, torch.ones(2, 5, 1, dtype=torch.float64)], dim=-1)
-    k = torch.cat([k, torch.full((2, 9, 1), shift, dtype=torch.float64)], dim=-1)
+    q = torch.randn(2, 3, 5, 4, generator=gen, dtype=torch.float64)
+    k = torch.randn(2, 3, 9, 4, generator=gen, dtype=torch.float64)
+    v = torch.randn(2, 3, 9, 2, generator=gen, dtype=torch.float64)
+    q = torch.cat([q / 2, torch.ones(2, 3, 5, 1, dtype=torch.float64)], dim=-1)
+    k = torch.cat([k, torch.full((2, 3, 9, 1), shift, dtype=torch.float64)], dim=-1)
 
     def attend(keys):
-        return flash.flash_attention(q, k[:, keys], v[:, keys], scale=1.0, return_lse=True)
+        return flash.flash_attention(q, k[..., keys, :], v[..., keys, :], scale=1.0,
+                                     return_lse=True)
 
     return (attend(slice(None)), attend(slice(None, n_keys_first)),
             attend(slice(n_keys_first, None)))
@@ -167,9 +239,10 @@ def _parts(gen, n_keys_first, shift=0.0):
 @exercise("ch6.merge")
 def check_merge(my_merge):
     gen = torch.Generator().manual_seed(7)
-    for n_first, shift, description in [(4, 0.0, "keys split 4 + 5"),
-                                        (9, 0.0, "keys split 9 + 0 (no keys)"),
-                                        (4, 1000.0, "keys split 4 + 5, scores near 1000")]:
+    for n_first, shift, description in [
+            (4, 0.0, "keys split 4 + 5, batch dimensions (2, 3)"),
+            (9, 0.0, "keys split 9 + 0 (no keys), batch dimensions (2, 3)"),
+            (4, 1000.0, "keys split 4 + 5, scores near 1000, batch dimensions (2, 3)")]:
         (out, lse), (out1, lse1), (out2, lse2) = _parts(gen, n_first, shift)
         got = call(my_merge, out1, lse1, out2, lse2, called_with=description)
         got = require_parts(got, ("out", "lse"))
