@@ -248,15 +248,15 @@ def _padded_head_dim(t):
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _launch(q, k, v, scale, is_causal, config):
-    """q (B, H, L, d_k), k (B, H, S, d_k), v (B, H, S, d_v) -> out (B, H, L, d_v) in the
-    inputs' dtype, lse (B, H, L) in float32, from one launch of the kernel."""
+def _launch(q, k, v, scale, is_causal, config, out_dtype):
+    """q (B, H, L, d_k), k (B, H, S, d_k), v (B, H, S, d_v) -> out (B, H, L, d_v) in
+    `out_dtype`, lse (B, H, L) in float32, from one launch of the kernel."""
     batch, heads, n_q, n_k, d_v = *q.shape[:3], k.shape[2], v.shape[-1]
     lse = torch.full((batch, heads, n_q), -math.inf, dtype=torch.float32, device=q.device)
     if n_k == 0 or lse.numel() == 0:  # no key: zero output, lse = -inf, as flash_attention
-        return q.new_zeros(batch, heads, n_q, d_v), lse
+        return q.new_zeros(batch, heads, n_q, d_v, dtype=out_dtype), lse
     q, k, v = (_padded_head_dim(t) for t in (q, k, v))
-    out = q.new_empty(batch, heads, n_q, v.shape[-1])
+    out = q.new_empty(batch, heads, n_q, v.shape[-1], dtype=out_dtype)
     precision = "ieee" if q.dtype == torch.float32 else "tf32"  # full float32 products
     grid = (triton.cdiv(n_q, config.block_q), batch * heads)
     attention_forward_kernel[grid](
@@ -270,14 +270,18 @@ def _launch(q, k, v, scale, is_causal, config):
 class TritonAttentionFunction(torch.autograd.Function):
     """Autograd for the kernel: the forward launches it, the backward is chapter 6's
     `flash.tiled_backward` on the saved inputs, output and lse.  Inputs are 4-D
-    (B, H, N, d)."""
+    (B, H, N, d).  Where gradients are wanted, the kernel writes its output in float32,
+    returned rounded and saved unrounded: the backward's delta = rowsum(dO * O) is then
+    exact, as in `flash.flash_attention`."""
 
     @staticmethod
     def forward(ctx, q, k, v, scale, is_causal, config):
-        out, lse = _launch(q, k, v, scale, is_causal, config)
+        training = any(ctx.needs_input_grad[:3])
+        out, lse = _launch(q, k, v, scale, is_causal, config,
+                           torch.float32 if training else q.dtype)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.settings = (scale, is_causal)
-        return out, lse
+        return out.to(q.dtype), lse
 
     @staticmethod
     @torch.autograd.function.once_differentiable

@@ -26,6 +26,7 @@ from attnlib.flash import (
     tiled_forward,
     tiled_io,
 )
+from tests.low_precision import assert_as_accurate_as_pytorch, large_scores_case
 
 
 def random_case(seed, dtype=torch.float32):
@@ -194,51 +195,15 @@ def test_gradient_only_for_the_inputs_that_ask_for_it():
 # --- float16 and bfloat16: float32 statistics, as in FlashAttention ----------------------
 
 
-def large_scores_case(n, d, dtype, seed=0):
-    """FlashAttention's backward-overflow test case (Dao-AILab/flash-attention,
-    tests/test_flash_attn.py): q = 5 randn, k, v = 3 randn, so the scores reach tens."""
-    gen = torch.Generator().manual_seed(seed)
-    q, k, v = ((torch.randn(1, 2, n, d, generator=gen) * s).to(dtype) for s in (5, 3, 3))
-    return q, k, v, torch.randn(1, 2, n, d, generator=gen).to(dtype)
-
-
-def written_out_attention(q, k, v, grad_out, is_causal, dtype):
-    """Attention written out with PyTorch operations in `dtype`, and its gradients:
-    (out, dq, dk, dv).  In float64 it is the reference; in float16 or bfloat16 it
-    shows how far plain low-precision PyTorch lands from that reference."""
-    q, k, v = (t.detach().to(dtype).clone().requires_grad_() for t in (q, k, v))
-    scores = q @ (k / math.sqrt(q.shape[-1])).mT
-    if is_causal:
-        hidden = torch.ones(scores.shape[-2:], dtype=torch.bool).triu(1)
-        scores = scores.masked_fill(hidden, -math.inf)
-    out = torch.softmax(scores, dim=-1) @ v
-    out.backward(grad_out.to(dtype))
-    return out.detach(), q.grad, k.grad, v.grad
-
-
-def max_errors(results, reference):
-    return [(got.double() - ref).abs().max().item() for got, ref in zip(results, reference,
-                                                                       strict=True)]
-
-
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("is_causal", [False, True])
 @pytest.mark.parametrize("d", [16, 32, 64])
 @pytest.mark.parametrize("n", [1, 2, 5, 17, 128])
 def test_low_precision_is_as_accurate_as_pytorch_against_float64(n, d, is_causal, dtype):
-    # FlashAttention's own limits: output within 2x, gradients within 5x + 1e-3 of the
-    # error of PyTorch's low-precision attention, both measured against float64.
-    q, k, v, grad_out = large_scores_case(n, d, dtype)
-    reference = written_out_attention(q, k, v, grad_out, is_causal, torch.float64)
-    pytorch = max_errors(written_out_attention(q, k, v, grad_out, is_causal, dtype), reference)
-    inputs = [t.clone().requires_grad_() for t in (q, k, v)]
-    out = flash_attention(*inputs, is_causal=is_causal, block_q=16, block_k=32)
-    out.backward(grad_out)
-    ours = max_errors([out.detach(), *(t.grad for t in inputs)], reference)
-    assert out.dtype == dtype and all(t.grad.dtype == dtype for t in inputs)
-    assert ours[0] <= 2 * pytorch[0], (ours, pytorch)
-    for got, allowed in zip(ours[1:], pytorch[1:], strict=True):
-        assert got <= 5 * allowed + 1e-3, (ours, pytorch)
+    def attention(q, k, v, is_causal):
+        return flash_attention(q, k, v, is_causal=is_causal, block_q=16, block_k=32)
+
+    assert_as_accurate_as_pytorch(attention, n, d, is_causal, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

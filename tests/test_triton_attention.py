@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from attnlib import triton_attention as ta
 from attnlib.triton_attention import KernelConfig, default_config, triton_attention
+from tests.low_precision import assert_as_accurate_as_pytorch
 
 REQUIRED = os.environ.get("ATTNLIB_REQUIRE_TRITON", "") not in ("", "0")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -95,6 +96,16 @@ def test_float32_gradients_match_pytorch(seed):
     pytorch(*theirs, **options).backward(grad_out)
     for got, expected in zip(ours, theirs, strict=True):
         torch.testing.assert_close(got.grad, expected.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, pytest.param(torch.bfloat16, marks=on_gpu)])
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize(("n", "d"), [(1, 16), (2, 32), (17, 64), (128, 16)])
+def test_low_precision_is_as_accurate_as_pytorch_against_float64(n, d, is_causal, dtype):
+    def attention(q, k, v, is_causal):
+        return triton_attention(q, k, v, is_causal=is_causal, block_q=16, block_k=32)
+
+    assert_as_accurate_as_pytorch(attention, n, d, is_causal, dtype, device=DEVICE)
 
 
 def test_gradient_flows_through_lse():
