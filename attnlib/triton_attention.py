@@ -39,6 +39,7 @@ import os
 import sys
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from attnlib import flash
@@ -301,6 +302,10 @@ def _as_4d(t, batch_shape):
     return t.expand(*batch_shape, *t.shape[-2:]).reshape(*lead, *t.shape[-2:])
 
 
+def _version(module):
+    return tuple(int(part) for part in module.__version__.split(".")[:2])
+
+
 def _require_runnable(q, k, v):
     """Raise, saying what to do, unless Triton can run the kernel on q, k, v."""
     if not q.device == k.device == v.device:
@@ -314,6 +319,10 @@ def _require_runnable(q, k, v):
             f"q, k and v are on {q.device}, where this Triton (compiled for CUDA) cannot run: "
             f"move them to a CUDA GPU, or run Triton's interpreter on the CPU by setting "
             f"TRITON_INTERPRET=1 before importing attnlib.triton_attention")
+    if INTERPRETED and _version(triton) < (3, 7) and _version(np) >= (2, 4):
+        raise RuntimeError(f"Triton {triton.__version__}'s interpreter fails with NumPy "
+                           f"{np.__version__} (it turns 1-element arrays into ints, which "
+                           f"NumPy 2.4 refuses): install triton>=3.7 or numpy<2.4")
     if INTERPRETED and q.dtype == torch.bfloat16:
         raise TypeError("q, k and v are bfloat16, which runs on a CUDA GPU only: Triton's "
                         "interpreter computes bfloat16 tl.dot wrongly; use float16 or float32")
@@ -447,10 +456,8 @@ def main(argv=None):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     _require_runnable(torch.empty(0, device=device), torch.empty(0, device=device),
                       torch.empty(0, device=device))
-    import triton as real_triton
-
     record = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.machine(),
-              "torch": torch.__version__, "triton": real_triton.__version__,
+              "torch": torch.__version__, "triton": triton.__version__,
               "python": platform.python_version(),
               "interpreter": os.environ.get("TRITON_INTERPRET") == "1"}
     dtypes = (torch.float16, torch.bfloat16, torch.float32) if device == "cuda" else \

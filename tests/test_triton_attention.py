@@ -247,3 +247,12 @@ def test_missing_triton_says_what_to_install(monkeypatch):
     monkeypatch.setattr(ta, "triton", None)
     with pytest.raises(ImportError, match="pip install triton"):
         triton_attention(Z(4, 16), Z(4, 16), Z(4, 16))
+
+
+@pytest.mark.skipif(not ta.INTERPRETED, reason="about the interpreter")
+def test_old_interpreter_with_new_numpy_says_what_to_install(monkeypatch):
+    # Triton 3.6's interpreter turns 1-element arrays into ints, which NumPy 2.4 refuses
+    monkeypatch.setattr(ta.triton, "__version__", "3.6.0")
+    monkeypatch.setattr(ta.np, "__version__", "2.4.6")
+    with pytest.raises(RuntimeError, match=r"triton>=3.7 or numpy<2.4"):
+        triton_attention(Z(4, 16), Z(4, 16), Z(4, 16))
