@@ -22,7 +22,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(
     ta.tl is None and not REQUIRED,
     reason="Triton is not installed (pip install triton; set ATTNLIB_REQUIRE_TRITON=1 to fail)")
-on_gpu = pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA GPU")
+on_gpu = pytest.mark.skipif(DEVICE != "cuda" or ta.INTERPRETED, reason="needs a CUDA GPU")
 TOLERANCE = {torch.float32: {"atol": 1e-5, "rtol": 1e-5},
              torch.float16: {"atol": 2e-3, "rtol": 1e-3},
              torch.bfloat16: {"atol": 1.6e-2, "rtol": 8e-3}}
@@ -236,7 +236,7 @@ def test_bad_input_names_the_argument(args, kwargs, error, words):
         assert word in str(info.value)
 
 
-@pytest.mark.skipif(DEVICE == "cuda", reason="the interpreter refuses bfloat16")
+@pytest.mark.skipif(not ta.INTERPRETED, reason="about the interpreter")
 def test_interpreter_refuses_bfloat16_with_the_reason():
     x = Z(4, 16, dtype=torch.bfloat16)
     with pytest.raises(TypeError, match="bfloat16.*GPU only.*interpreter"):
