@@ -21,7 +21,14 @@ only the output and the log-sum-exp `lse` of each row and recomputes the blocks.
 Semantics are chapter 2's: q (..., L, d_k), k (..., S, d_k), v (..., S, d_v) with
 leading dimensions that broadcast; `is_causal` lets query i see keys 0..i (top-left
 alignment); a query that sees no key (only possible when S = 0) gets a zero output and
-lse = -inf.  Computation is in the inputs' dtype.
+lse = -inf.
+
+Precision is FlashAttention's (Dao, 2023, https://arxiv.org/abs/2307.08691): whatever the
+inputs' dtype, the scores, the running max and sum, the accumulator, lse and the backward
+pass's row sums and gradients are computed in `accumulation_dtype` (float32 for float16
+and bfloat16 inputs); only the output and the gradients are returned in the inputs' dtype.
+`online_softmax`, `online_attention` and `block_step` compute in the dtype they are
+given, so that the chapter can run the same row with float16 and with float32 statistics.
 """
 
 import math
@@ -32,6 +39,7 @@ import torch
 
 from attnlib._checks import (
     broadcast_batch,
+    require_float_dtype,
     require_positive_int,
     require_tensor,
     resolve_scale,
@@ -169,8 +177,10 @@ class Block(NamedTuple):
     masked: bool
 
 
-def _key_blocks(q_start, q_end, n_k, block_k, is_causal):
-    """The tiles of the query block [q_start, q_end), one per key block that it can see."""
+def key_blocks(q_start, q_end, n_k, block_k, is_causal=False):
+    """The tiles of the query block [q_start, q_end), one `Block` per key block of
+    `block_k` keys out of n_k that it can see, in order; with `is_causal`, the key blocks
+    after the query block's last query are left out."""
     for k_start in range(0, n_k, block_k):
         k_end = min(k_start + block_k, n_k)
         if is_causal and k_start > q_end - 1:
@@ -189,13 +199,14 @@ def block_schedule(n_q, n_k, block_q, block_k, is_causal=False):
     for name, value in (("block_q", block_q), ("block_k", block_k)):
         require_positive_int(name, value)
     return [block for q_start in range(0, n_q, block_q)
-            for block in _key_blocks(q_start, min(q_start + block_q, n_q), n_k, block_k,
-                                     is_causal)]
+            for block in key_blocks(q_start, min(q_start + block_q, n_q), n_k, block_k,
+                                    is_causal)]
 
 
-def _scores(q, k, block, out=None):
-    """The tile's scores Q_r K_c^T (q already scaled), with -inf where the mask hides a key,
-    written into `out` when given (a buffer reused from tile to tile)."""
+def tile_scores(q, k, block, out=None):
+    """The scores of one tile, q (B, L, d_k) already scaled, k (B, S, d_k) ->
+    Q_r K_c^T (B, q_end - q_start, k_end - k_start), with -inf where the causal mask
+    hides a key; written into `out` when given (a buffer reused from tile to tile)."""
     q_block, k_block = q[:, block.q_start:block.q_end], k[:, block.k_start:block.k_end]
     scores = torch.bmm(q_block, k_block.mT, out=out)
     if block.masked:
@@ -205,63 +216,112 @@ def _scores(q, k, block, out=None):
     return scores
 
 
-def _forward(q, k, v, scale, is_causal, block_q, block_k):
-    """q (B, L, d_k), k (B, S, d_k), v (B, S, d_v) -> out (B, L, d_v), lse (B, L)."""
+def accumulation_dtype(dtype):
+    """The dtype of the running statistics for inputs of `dtype`: float32 for float16 and
+    bfloat16, as in FlashAttention, which keeps them in float32 whatever the inputs'
+    dtype (Dao, 2023, https://arxiv.org/abs/2307.08691); float32 or float64 unchanged."""
+    return torch.promote_types(require_float_dtype(dtype), torch.float32)
+
+
+def _require_batched(q, k, v):
+    validate_qkv(q, k, v)
+    if not q.dim() == k.dim() == v.dim() == 3 or not q.shape[0] == k.shape[0] == v.shape[0]:
+        raise ValueError(f"q, k and v must be 3-D with one batch size B, (B, L, d_k), "
+                         f"(B, S, d_k), (B, S, d_v); got shapes {tuple(q.shape)}, "
+                         f"{tuple(k.shape)} and {tuple(v.shape)}")
+
+
+def tiled_forward(q, k, v, scale, is_causal=False, block_q=BLOCK_Q, block_k=BLOCK_K):
+    """The tiled forward pass, the loop of the module's docstring:
+    q (B, L, d_k), k (B, S, d_k), v (B, S, d_v) -> out (B, L, d_v), lse (B, L).
+
+    The scores, m, ell, acc and the returned out and lse are in `accumulation_dtype`
+    (float32 for float16 inputs): `flash_attention` rounds out to the inputs' dtype and
+    gives the backward pass the unrounded one.
+    """
+    _require_batched(q, k, v)
+    work = accumulation_dtype(q.dtype)
     batch, n_q, n_k, d_v = q.shape[0], q.shape[1], k.shape[1], v.shape[-1]
-    q = q * scale  # once here rather than on every tile of scores
+    q = q.to(work) * scale  # once here rather than on every tile of scores
+    k, v = k.to(work), v.to(work)
     out, lse = q.new_empty(batch, n_q, d_v), q.new_empty(batch, n_q)
     tile = q.new_empty(batch, min(block_q, n_q), min(block_k, n_k))  # reused by full tiles
     for q_start in range(0, n_q, block_q):
         q_end = min(q_start + block_q, n_q)
         m = q.new_full((batch, q_end - q_start, 1), -math.inf)
         ell, acc = torch.zeros_like(m), q.new_zeros(batch, q_end - q_start, d_v)
-        for block in _key_blocks(q_start, q_end, n_k, block_k, is_causal):
+        for block in key_blocks(q_start, q_end, n_k, block_k, is_causal):
             shape = (batch, q_end - q_start, block.k_end - block.k_start)
-            scores = _scores(q, k, block, out=tile if tile.shape == shape else None)
+            scores = tile_scores(q, k, block, out=tile if tile.shape == shape else None)
             m, ell, acc = block_step(m, ell, acc, scores, v[:, block.k_start:block.k_end])
         out[:, q_start:q_end] = acc / _nonzero(ell)
         lse[:, q_start:q_end] = (m + torch.log(ell)).squeeze(-1)  # -inf for a row with no key
     return out, lse
 
 
-def _backward(q, k, v, out, lse, grad_out, grad_lse, scale, is_causal, block_q, block_k):
-    """Gradients by recomputation: for each tile, the weights A = exp(S - lse) again, then
+def tiled_backward(q, k, v, out, lse, grad_out, grad_lse=None, scale=None, is_causal=False,
+                   block_q=BLOCK_Q, block_k=BLOCK_K):
+    """Gradients of the tiled forward by recomputation, from q (B, L, d_k), k (B, S, d_k),
+    v (B, S, d_v), the output out (B, L, d_v), lse (B, L) and their gradients grad_out
+    (B, L, d_v) and grad_lse (B, L) (None: zero) -> (grad_q, grad_k, grad_v).
+
+    For each tile, the weights A = exp(S - lse) again, then
 
         dV += A^T dO,   dA = dO V^T,   dS = A * (dA - delta),   dQ += dS K scale,
         dK += dS^T Q scale,   with delta = rowsum(dO * O) - dlse  (dlse: lse's gradient).
+
+    delta, A, dS and the gradients are in `accumulation_dtype` (float32 for float16
+    inputs), returned in the inputs' dtype.  delta is only as exact as out: give it the
+    unrounded float32 output (an output rounded to float16 was seen to make dk seven
+    times less accurate than PyTorch's own float16 attention).  Any forward that returns
+    out and lse can use it: `flash_attention` and `attnlib.triton_attention` both do.
     """
+    _require_batched(q, k, v)
+    dtype, work = q.dtype, accumulation_dtype(q.dtype)
+    scale = resolve_scale(scale, q.shape[-1])
+    if out.shape != grad_out.shape or out.shape != (*q.shape[:2], v.shape[-1]) or \
+            lse.shape != q.shape[:2]:
+        raise ValueError(f"out and grad_out must have shape (B, L, d_v) = "
+                         f"{(*q.shape[:2], v.shape[-1])} and lse shape (B, L) = "
+                         f"{tuple(q.shape[:2])}, got {tuple(out.shape)}, "
+                         f"{tuple(grad_out.shape)} and {tuple(lse.shape)}")
+    q, k, v, out, grad_out = (t.to(work).contiguous() for t in (q, k, v, out, grad_out))
     q_scaled = q * scale
     grad_q, grad_k, grad_v = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-    delta = ((grad_out * out).sum(dim=-1) - grad_lse).unsqueeze(-1)
-    lse = lse.masked_fill(lse == -math.inf, math.inf).unsqueeze(-1)  # no key: A = 0
+    delta = (grad_out * out).sum(dim=-1)
+    if grad_lse is not None:
+        delta = delta - grad_lse.to(work)
+    delta = delta.unsqueeze(-1)
+    lse = lse.to(work).masked_fill(lse == -math.inf, math.inf).unsqueeze(-1)  # no key: A = 0
     for block in block_schedule(q.shape[1], k.shape[1], block_q, block_k, is_causal):
         rows = slice(block.q_start, block.q_end)
         keys = slice(block.k_start, block.k_end)
-        weights = _scores(q_scaled, k, block).sub_(lse[:, rows]).exp_()
+        weights = tile_scores(q_scaled, k, block).sub_(lse[:, rows]).exp_()
         grad_v[:, keys] += weights.mT @ grad_out[:, rows]
         grad_weights = grad_out[:, rows] @ v[:, keys].mT
         grad_s = weights.mul_(grad_weights.sub_(delta[:, rows]))
         grad_q[:, rows] += grad_s @ k[:, keys]
         grad_k[:, keys] += grad_s.mT @ q_scaled[:, rows]
-    return grad_q.mul_(scale), grad_k, grad_v
+    return grad_q.mul_(scale).to(dtype), grad_k.to(dtype), grad_v.to(dtype)
 
 
 class FlashAttentionFunction(torch.autograd.Function):
     """Autograd for the tiled forward: saves q, k, v, the output and lse (nothing of size
-    L x S) and recomputes the tiles in the backward pass.  Inputs are 3-D (B, L, d)."""
+    L x S) and recomputes the tiles in the backward pass.  Inputs are 3-D (B, L, d).  The
+    output is returned in the inputs' dtype and saved unrounded, for an exact delta."""
 
     @staticmethod
     def forward(ctx, q, k, v, scale, is_causal, block_q, block_k):
-        out, lse = _forward(q, k, v, scale, is_causal, block_q, block_k)
+        out, lse = tiled_forward(q, k, v, scale, is_causal, block_q, block_k)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.settings = (scale, is_causal, block_q, block_k)
-        return out, lse
+        return out.to(q.dtype), lse
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out, grad_lse):
         q, k, v, out, lse = ctx.saved_tensors
-        grads = _backward(q, k, v, out, lse, grad_out.contiguous(), grad_lse, *ctx.settings)
+        grads = tiled_backward(q, k, v, out, lse, grad_out, grad_lse, *ctx.settings)
         return (*grads, None, None, None, None)
 
 
@@ -272,9 +332,10 @@ def flash_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, *, blo
     q: (..., L, d_k), k: (..., S, d_k), v: (..., S, d_v)  ->  (..., L, d_v), equal to
     `scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scale)`.  With
     `return_lse=True`, also returns lse (..., L) = log sum_j exp(S_ij), the log of each
-    row's softmax normaliser (-inf for a row with no visible key).  Differentiable (the
-    backward recomputes the tiles).  The signature is PyTorch's, but of the masks only
-    `is_causal` is supported: `attn_mask` must be None.
+    row's softmax normaliser (-inf for a row with no visible key), in
+    `accumulation_dtype` (float32 for float16 inputs, as FlashAttention returns it).
+    Differentiable (the backward recomputes the tiles).  The signature is PyTorch's, but
+    of the masks only `is_causal` is supported: `attn_mask` must be None.
     """
     if attn_mask is not None:
         raise ValueError(
@@ -315,19 +376,21 @@ class Step:
 def flash_steps(q, k, v, is_causal=False, scale=None, block_q=4, block_k=4):
     """Run the tiled forward on one head, q (L, d_k), k (S, d_k), v (S, d_v), and yield a
     `Step` after every tile of `block_schedule`, with the same `block_step` as
-    `flash_attention`.  The last step's `out` is the attention output."""
+    `flash_attention` (and its `accumulation_dtype`).  The last step's `out` is the
+    attention output."""
     validate_qkv(q, k, v)
     if q.dim() != 2:
         raise ValueError(f"flash_steps follows one head: q, k, v must be 2-D, got q of shape "
                          f"{tuple(q.shape)}")
     scale = resolve_scale(scale, q.shape[-1])
-    q, k, v = (q * scale).unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0)
+    work = accumulation_dtype(q.dtype)
+    q, k, v = (q.to(work) * scale).unsqueeze(0), k.to(work).unsqueeze(0), v.to(work).unsqueeze(0)
     m = q.new_full((1, q.shape[1], 1), -math.inf)
     ell, acc = torch.zeros_like(m), q.new_zeros(1, q.shape[1], v.shape[-1])
     for block in block_schedule(q.shape[1], k.shape[1], block_q, block_k, is_causal):
         rows = slice(block.q_start, block.q_end)
         m[:, rows], ell[:, rows], acc[:, rows] = block_step(
-            m[:, rows], ell[:, rows], acc[:, rows], _scores(q, k, block),
+            m[:, rows], ell[:, rows], acc[:, rows], tile_scores(q, k, block),
             v[:, block.k_start:block.k_end])
         yield Step(block, m[0, :, 0].clone(), ell[0, :, 0].clone(),
                    (acc / _nonzero(ell))[0].clone())

@@ -8,10 +8,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from attnlib.attention import scaled_dot_product_attention
 from attnlib.flash import (
+    accumulation_dtype,
     block_schedule,
     block_step,
     flash_attention,
     flash_steps,
+    key_blocks,
     largest_block_q,
     naive_io,
     naive_steps,
@@ -19,8 +21,12 @@ from attnlib.flash import (
     online_softmax,
     online_update,
     safe_softmax,
+    tile_scores,
+    tiled_backward,
+    tiled_forward,
     tiled_io,
 )
+from tests.low_precision import assert_as_accurate_as_pytorch, large_scores_case
 
 
 def random_case(seed, dtype=torch.float32):
@@ -184,6 +190,116 @@ def test_gradient_only_for_the_inputs_that_ask_for_it():
     k, v = torch.randn(6, 4), torch.randn(6, 4)
     flash_attention(q, k, v, block_q=4, block_k=4).sum().backward()
     assert q.grad is not None and k.grad is None and v.grad is None
+
+
+# --- float16 and bfloat16: float32 statistics, as in FlashAttention ----------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("d", [16, 32, 64])
+@pytest.mark.parametrize("n", [1, 2, 5, 17, 128])
+def test_low_precision_is_as_accurate_as_pytorch_against_float64(n, d, is_causal, dtype):
+    def attention(q, k, v, is_causal):
+        return flash_attention(q, k, v, is_causal=is_causal, block_q=16, block_k=32)
+
+    assert_as_accurate_as_pytorch(attention, n, d, is_causal, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("d", [16, 64])
+@pytest.mark.parametrize("seed", range(2))
+def test_one_key_gives_zero_gradients_for_q_and_k(seed, d, dtype):
+    # softmax over a single key is 1 whatever q and k are: dq = dk = 0 exactly; with
+    # float16 statistics they came out as large as 0.02 to 0.17 in these cases
+    q, k, v, grad_out = large_scores_case(1, d, dtype, seed=3 * seed)
+    inputs = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = flash_attention(*inputs)
+    out.backward(grad_out)
+    assert torch.equal(out, v)
+    assert inputs[0].grad.abs().max() < 1e-4 and inputs[1].grad.abs().max() < 1e-4
+    assert torch.equal(inputs[2].grad, grad_out)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_lse_is_float32_and_exact_for_low_precision_inputs(dtype):
+    q, k, v, _ = large_scores_case(70, 32, dtype)
+    out, lse = flash_attention(q, k, v, is_causal=True, return_lse=True, block_q=16, block_k=16)
+    assert lse.dtype == accumulation_dtype(dtype) == torch.float32
+    expected = torch.logsumexp(masked_scores64(q, k, is_causal=True), dim=-1)
+    torch.testing.assert_close(lse.double(), expected, rtol=1e-6, atol=1e-5)
+
+
+def test_accumulation_dtype_is_float32_for_half_types_only():
+    assert [accumulation_dtype(t) for t in (torch.float16, torch.bfloat16, torch.float32,
+                                            torch.float64)] == [torch.float32, torch.float32,
+                                                                torch.float32, torch.float64]
+    with pytest.raises(TypeError, match="dtype must be a floating-point dtype.*torch.int64"):
+        accumulation_dtype(torch.int64)
+
+
+def test_float16_running_sum_stalls_where_float32_does_not():
+    # the chapter's point, on one row of 4096 keys: in float16, ell stops growing once
+    # each new exp(s - m) is below half a unit in the last place of ell
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(1, 4096, generator=gen).half()
+    v = torch.randn(4096, 4, generator=gen).half()
+    expected = torch.softmax(scores.double(), dim=-1) @ v.double()
+    error16 = (online_attention(scores, v).double() - expected).abs().max()
+    error32 = (online_attention(scores.float(), v.float()).double() - expected).abs().max()
+    assert error16 > 1e-3 and error32 < 1e-6
+
+
+# --- the pieces as public functions -----------------------------------------------------
+
+
+def test_tiled_forward_and_backward_are_the_pieces_of_flash_attention():
+    gen = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(3, 19, 5, generator=gen, dtype=torch.float64) for _ in range(3))
+    out, lse = tiled_forward(q, k, v, 0.7, is_causal=True, block_q=4, block_k=6)
+    torch.testing.assert_close(out, scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                                 scale=0.7))
+    torch.testing.assert_close(lse, torch.logsumexp(masked_scores64(q, k, True, 0.7), -1))
+    grad_out, grad_lse = torch.randn_like(out), torch.randn_like(lse)
+    grads = tiled_backward(q, k, v, out, lse, grad_out, grad_lse, scale=0.7, is_causal=True,
+                           block_q=5, block_k=3)
+    inputs = [t.clone().requires_grad_() for t in (q, k, v)]
+    scores = masked_scores64(*inputs[:2], True, 0.7)
+    expected_lse = torch.logsumexp(scores, -1)
+    expected_out = torch.softmax(scores, -1) @ inputs[2]
+    torch.autograd.backward((expected_out, expected_lse), (grad_out, grad_lse))
+    torch.testing.assert_close(grads, tuple(t.grad for t in inputs))
+
+
+def test_key_blocks_and_tile_scores_build_the_scores_matrix():
+    gen = torch.Generator().manual_seed(7)
+    q, k = torch.randn(1, 10, 3, generator=gen), torch.randn(1, 13, 3, generator=gen)
+    assembled = torch.full((10, 13), -math.inf)
+    for block in key_blocks(4, 8, 13, 5, is_causal=True):
+        assembled[block.q_start:block.q_end, block.k_start:block.k_end] = tile_scores(q, k,
+                                                                                     block)[0]
+    expected = masked_scores64(q[0], k[0], is_causal=True, scale=1.0).float()
+    torch.testing.assert_close(assembled[4:8], expected[4:8])
+    assert [b.k_start for b in key_blocks(4, 8, 13, 5, is_causal=True)] == [0, 5]
+    assert [b.k_start for b in key_blocks(4, 8, 13, 5)] == [0, 5, 10]
+
+
+@pytest.mark.parametrize(
+    ("shapes", "words"),
+    [(((4, 8), (4, 8), (4, 8)), ["3-D", "(4, 8)"]),
+     (((2, 4, 8), (1, 4, 8), (1, 4, 8)), ["one batch size", "(2, 4, 8)", "(1, 4, 8)"])],
+)
+def test_tiled_forward_refuses_inputs_that_are_not_batched_alike(shapes, words):
+    with pytest.raises(ValueError) as info:
+        tiled_forward(*(torch.zeros(s) for s in shapes), scale=1.0)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_tiled_backward_names_mismatched_shapes():
+    q = torch.zeros(2, 4, 8)
+    with pytest.raises(ValueError, match=r"lse shape \(B, L\) = \(2, 4\).*\(2, 5\)"):
+        tiled_backward(q, q, q, q, torch.zeros(2, 5), q)
 
 
 # --- the softmax in three steps --------------------------------------------------------
