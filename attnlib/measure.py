@@ -363,8 +363,8 @@ class PowerLawFit(NamedTuple):
 def fit_power_law(sizes, values):
     """The least-squares power law through (size, value): `PowerLawFit(exponent, residual)`.
 
-    exponent = slope of the line through (log size, log value); residual = exp(max |log
-    value - fitted log value|) - 1, how far the worst point lies off the law.
+    exponent = slope of the line through (log size, log value); residual = exp(max abs(log
+    value - fitted log value)) - 1, how far the worst point lies off the law.
     """
     sizes, values = list(sizes), list(values)
     if len(sizes) != len(values) or len(sizes) < 2:
@@ -415,7 +415,9 @@ class Verdict(NamedTuple):
 
     value: float  #: the figure: an exponent, a ratio, a median
     meaningful: bool  #: False when spread or residual exceed their limits
-    spread: float  #: the largest spread of the timings it rests on
+    #: the largest spread of the timings it rests on (for a size measured twice, including
+    #: the disagreement between the two)
+    spread: float
     residual: float  #: the fit's residual (`PowerLawFit.residual`); 0 where nothing is fitted
     sentence: str  #: the finding with its noise, or "too noisy to tell: ..."
     #: the measurements it rests on, after `judge_growth` measured the noisy sizes again
@@ -455,17 +457,29 @@ def _verdict(value, spread, residual, finding, label, max_spread, max_residual, 
                     f"{fitted}{note})")
     else:
         fitted = "" if residual is None else f", fit residual {residual:.0%}"
-        sentence = (f"{prefix}too noisy to tell{note}: spread up to {spread:.0%}{fitted}; "
+        sentence = (f"{prefix}too noisy to tell: spread up to {spread:.0%}{fitted}{note}; "
                     f"{_RERUN}")
     return Verdict(value, meaningful, spread, residual or 0.0, sentence, tuple(measurements))
 
 
-def _quieter(old, new, max_spread):
-    """Of two measurements of one size, the one to keep: the smaller spread, and of two
-    quiet ones the faster (load on the machine only ever slows a call down)."""
-    if old.spread <= max_spread and new.spread <= max_spread:
-        return min(old, new, key=lambda m: m.seconds)
-    return min(old, new, key=lambda m: m.spread)
+def _disagreement(first, second):
+    """How much two measurements of one size disagree: abs(t1 - t2) / min(t1, t2)."""
+    return abs(first.seconds - second.seconds) / min(first.seconds, second.seconds)
+
+
+def _both(first, second):
+    """One size measured twice: the faster of the two (load on the machine only ever slows
+    a call down), with the larger of their spreads and of their disagreement as its
+    spread."""
+    faster = min(first, second, key=lambda m: m.seconds)
+    return faster._replace(spread=max(first.spread, second.spread,
+                                      _disagreement(first, second)))
+
+
+def _measure_again(fn, sizes, make_inputs):
+    """{n: Measurement} of fn at each size, timed largest first, without peak memory."""
+    runs = measure(fn, sorted(sizes, reverse=True), make_inputs, memory=False, progress=False)
+    return {m.n: m for m in runs}
 
 
 def judge_growth(measurements, finding="time grows like N^{:.2f}", *, label=None, fn=None,
@@ -473,18 +487,23 @@ def judge_growth(measurements, finding="time grows like N^{:.2f}", *, label=None
                  max_residual=MAX_RESIDUAL):
     """Fit the time exponent of `measurements` and judge whether noise allows reporting it.
 
-    measurements: two or more `Measurement`s of one function (from `measure`).  The
-    exponent is `fit_power_law` of seconds against n.  It is meaningful when every spread
-    is at most `max_spread` and the fit residual at most `max_residual` (with two sizes
-    there is no residual).  When it is not and `fn` is given, the noisy sizes (spread
-    too large, and the point farthest off the line when the residual is) are measured
-    once more, `measure(fn, [n], make_inputs)`, and the fit is judged again on the quieter
-    measurement of each size (the smaller spread; of two quiet ones the faster, since
-    load on the machine only ever slows a call down).
+    measurements: two or more `Measurement`s of one function at different sizes (from
+    `measure`).  With `fn` (that function; `make_inputs` as given to `measure`), every
+    size is measured once more, largest first: load that lasts through one size's timing
+    does not show in that timing's spread, only when the size is timed again at another
+    moment.  A size whose two medians disagree by more than `max_spread` is measured a
+    third time, and the slowest of the three is set aside (load on the machine only ever
+    slows a call down).  Of each size's two measurements the faster stands for it, with
+    the larger of the two spreads and of their disagreement, abs(t1 - t2) / min(t1, t2), as
+    its spread.
 
-    Returns a `Verdict` whose sentence is `label: finding.format(exponent)` with the noise
-    level, or `label: too noisy to tell: spread up to X%, fit residual Y%; rerun on a
-    quieter machine`; `verdict.measurements` holds the measurements it rests on.
+    The exponent is `fit_power_law` of seconds against n.  It is reported when every
+    spread is at most `max_spread` and the fit residual at most `max_residual` (with two
+    sizes there is no residual).  Returns a `Verdict` whose sentence is
+    `label: finding.format(exponent) (noise)`, or `label: too noisy to tell: spread up to
+    X%, fit residual Y%; rerun on a quieter machine`; `verdict.measurements` holds the
+    measurements it rests on (a size measured again keeps its first peak_bytes: memory
+    does not depend on the machine's load).
     """
     _check_judgement(finding, label, max_spread, max_residual)
     if fn is not None and not callable(fn):
@@ -493,23 +512,22 @@ def judge_growth(measurements, finding="time grows like N^{:.2f}", *, label=None
             isinstance(m, Measurement) for m in measurements):
         raise TypeError(f"measurements must be a list of Measurement (from measure), "
                         f"got {measurements!r:.80}")
-    if len(measurements) < 2:
-        raise ValueError(f"measurements must hold two or more sizes to fit, got "
-                         f"{len(measurements)}")
-    runs = list(measurements)
+    if len({m.n for m in measurements}) != len(measurements) or len(measurements) < 2:
+        raise ValueError(f"measurements must hold two or more different sizes to fit, got "
+                         f"sizes {[m.n for m in measurements]}")
+    runs, note = list(measurements), ""
+    if fn is not None:
+        second = _measure_again(fn, [m.n for m in runs], make_inputs)
+        pairs = {m.n: (m, second[m.n]) for m in runs}
+        apart = [n for n, (a, b) in pairs.items() if _disagreement(a, b) > max_spread]
+        if apart:  # a third chance; load only ever slows a call down: drop the slowest
+            third = _measure_again(fn, apart, make_inputs)
+            for n in apart:
+                pairs[n] = sorted([*pairs[n], third[n]], key=lambda m: m.seconds)[:2]
+        runs = [_both(*pairs[m.n])._replace(peak_bytes=m.peak_bytes) for m in runs]
+        note = "; each size measured twice" + (
+            f", N = {', '.join(map(str, sorted(apart)))} three times" if apart else "")
     fit = fit_power_law([m.n for m in runs], [m.seconds for m in runs])
-    noisy = {m.n for m in runs if m.spread > max_spread}
-    if fit.residual > max_residual:
-        off = _log_residuals([math.log(m.n) for m in runs],
-                             [math.log(m.seconds) for m in runs], fit.exponent)
-        noisy.add(max(zip(off, runs, strict=True), key=lambda pair: abs(pair[0]))[1].n)
-    note = ""
-    if noisy and fn is not None:
-        noisy = sorted(noisy)
-        again = {m.n: m for m in measure(fn, noisy, make_inputs, memory=False, progress=False)}
-        runs = [_quieter(m, again[m.n], max_spread) if m.n in again else m for m in runs]
-        fit = fit_power_law([m.n for m in runs], [m.seconds for m in runs])
-        note = f" after measuring N = {', '.join(map(str, noisy))} again"
     residual = fit.residual if len(runs) > 2 else None
     return _verdict(fit.exponent, max(m.spread for m in runs), residual, finding, label,
                     max_spread, max_residual, measurements=runs, note=note)
@@ -521,8 +539,8 @@ def judge_ratio(numerator, denominator, finding="{:.1f} times as long", *, label
 
     numerator, denominator: `Measurement`s (or `Timing`s) of two functions, best from one
     run at the same size.  Returns a `Verdict`: the finding with its noise, or "too noisy
-    to tell" when either spread exceeds `max_spread`.  Measure again first (for instance
-    with `judge_growth`) to give noisy timings a second chance.
+    to tell" when either spread exceeds `max_spread`.  Timings that `judge_growth` measured
+    twice (`verdict.measurements`) carry the disagreement of the two in their spread.
     """
     _check_judgement(finding, label, max_spread)
     values = []

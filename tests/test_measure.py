@@ -390,49 +390,89 @@ def test_a_large_residual_alone_or_a_large_spread_alone_is_too_noisy():
 
 @pytest.fixture
 def fake_timer(monkeypatch):
-    """measure's timings replaced by a machine whose state the test sets: time_call gets the
-    input tensor torch.full((1,), n) and answers from `machine`."""
-    machine = {"noise": QUIET, "timed": []}
+    """measure's timings replaced by a machine whose load the test sets: time_call gets the
+    input tensor torch.full((1,), n) and answers 1e-9 n^2 seconds times
+    machine["load"](n, k) for the k-th repeat of n (k = 0 for the first one timed here),
+    with repeats that disagree by machine["spread"]."""
+    machine = {"load": lambda n, k: 1.0, "spread": 0.04, "timed": []}
 
     def fake_time_call(fn, x, **kwargs):
         n = int(x.item())
+        k = machine["timed"].count(n)
         machine["timed"].append(n)
-        i = SIZES.index(n)
-        seconds = 1e-9 * n**2 * machine["noise"]["off"][i]
-        return Timing(seconds, seconds * machine["noise"]["spread"][i])
+        seconds = 1e-9 * n**2 * machine["load"](n, k)
+        return Timing(seconds, seconds * machine["spread"])
 
     monkeypatch.setattr(measure, "time_call", fake_time_call)
     return machine
 
 
-def test_judge_growth_measures_only_the_noisy_sizes_again_and_keeps_the_quieter(fake_timer):
+def judge_on_fake_timer(runs, **kwargs):
+    return judge_growth(runs, fn=torch.relu, make_inputs=lambda n: torch.full((1,), n),
+                        **kwargs)
+
+
+def test_judge_growth_measures_every_size_again_largest_first_and_keeps_the_faster(
+        fake_timer):
     runs = power_law_runs(QUIET)
-    runs[1] = runs[1]._replace(seconds=runs[1].seconds * 3, spread=0.7)  # a disturbed size
-    verdict = judge_growth(runs, fn=torch.relu, make_inputs=lambda n: torch.full((1,), n))
-    assert fake_timer["timed"] == [2048]
+    runs = [r._replace(peak_bytes=r.n) for r in runs]
+    verdict = judge_on_fake_timer(runs)
+    assert fake_timer["timed"] == SIZES[::-1]
+    kept = [min(first.seconds, 1e-9 * first.n**2) for first in runs]
+    assert [m.seconds for m in verdict.measurements] == kept
+    disagreement = max(abs(off - 1) / min(off, 1) for off in QUIET["off"])
+    assert verdict.spread == pytest.approx(max(disagreement, *QUIET["spread"]))
+    assert [m.peak_bytes for m in verdict.measurements] == SIZES  # the first peak is kept
     assert verdict.meaningful and verdict.value == pytest.approx(
-        numpy_fit(SIZES, [r.seconds for r in power_law_runs(QUIET)])[0], rel=1e-10)
-    assert [m.n for m in verdict.measurements] == SIZES
-    assert verdict.measurements[1].spread == QUIET["spread"][1]  # the repeat was kept
-    assert "after measuring N = 2048 again" in verdict.sentence
+        numpy_fit(SIZES, kept)[0], rel=1e-10)
+    assert verdict.sentence.endswith("; each size measured twice)")
 
 
-def test_judge_growth_gives_up_when_the_repeat_is_noisy_too(fake_timer):
-    fake_timer["noise"] = BUSY
-    verdict = judge_growth(power_law_runs(BUSY), fn=torch.relu,
-                           make_inputs=lambda n: torch.full((1,), n))
-    assert sorted(fake_timer["timed"]) == [2048, 4096, 8192]  # spreads above MAX_SPREAD
-    assert not verdict.meaningful
-    assert verdict.sentence.startswith("too noisy to tell after measuring N = 2048, 4096, "
-                                       "8192 again: spread up to 80%")
+def test_load_that_lasts_through_each_size_fools_one_pass_but_not_two(fake_timer):
+    """Each size's repeats agree and the points lie on a power law, but the machine got
+    busier from size to size: the first pass says N^2.4.  Measured again largest first,
+    under the same rising load, the sizes disagree with their first timing."""
+    rising = [1.0, 1.25, 1.6, 2.0]  # the load while each size was timed, in that order
+    first = [Measurement(n, 1e-9 * n**2 * load, None, 0.03)
+             for n, load in zip(SIZES, rising, strict=True)]
+    one_pass = judge_growth(first)
+    assert one_pass.meaningful and one_pass.value > 2.3  # fooled
+    fake_timer["load"] = lambda n, k: 2.5 + k  # ... and still busy afterwards
+    two_passes = judge_on_fake_timer(first)
+    assert not two_passes.meaningful
+    assert two_passes.sentence.startswith("too noisy to tell: spread up to ")
+    assert "each size measured twice, N = 1024, 2048, 4096, 8192 three times" in (
+        two_passes.sentence)
 
 
-def test_a_quiet_outlier_is_measured_again_when_the_fit_is_off(fake_timer):
+def test_a_third_timing_sets_the_slowest_aside_not_the_odd_one_out(fake_timer):
+    """Load only slows a call down: of 1.0, 3.0 and 3.1 the two slow ones were disturbed,
+    even though they agree with each other."""
     runs = power_law_runs(QUIET)
-    runs[2] = runs[2]._replace(seconds=runs[2].seconds * 1.6)  # quiet, but 60% off the line
-    verdict = judge_growth(runs, fn=torch.relu, make_inputs=lambda n: torch.full((1,), n))
-    assert fake_timer["timed"] == [4096]
-    assert verdict.meaningful and verdict.residual < MAX_RESIDUAL
+    fake_timer["load"] = lambda n, k: QUIET["off"][SIZES.index(n)] * (3 + k / 10) if (
+        n == 4096) else QUIET["off"][SIZES.index(n)]
+    verdict = judge_on_fake_timer(runs)
+    assert fake_timer["timed"] == [*SIZES[::-1], 4096]
+    assert not verdict.meaningful and verdict.spread == pytest.approx(2.0)
+    assert verdict.measurements[2].seconds == runs[2].seconds
+
+
+def test_one_disturbed_timing_gets_a_third_chance(fake_timer):
+    runs = power_law_runs(QUIET)
+    runs[1] = runs[1]._replace(seconds=runs[1].seconds * 3)  # a burst of load at N = 2048
+    verdict = judge_on_fake_timer(runs)
+    assert fake_timer["timed"] == [*SIZES[::-1], 2048]
+    assert verdict.meaningful
+    assert verdict.measurements[1].seconds == pytest.approx(1e-9 * 2048**2)
+    assert "N = 2048 three times" in verdict.sentence
+
+
+def test_judge_growth_gives_up_when_the_machine_stays_noisy(fake_timer):
+    fake_timer["spread"] = 0.5
+    verdict = judge_on_fake_timer(power_law_runs(BUSY), label="chapter 2")
+    assert not verdict.meaningful and verdict.spread >= 0.5
+    assert verdict.sentence.startswith("chapter 2: too noisy to tell: spread up to ")
+    assert verdict.sentence.endswith("; rerun on a quieter machine")
 
 
 def test_two_sizes_have_no_residual_and_are_judged_on_their_spreads():
@@ -470,7 +510,9 @@ def test_judge_repeats_takes_the_median_and_the_same_spread_as_time_call():
     ("call", "error", "message"),
     [
         (lambda: judge_growth(power_law_runs(QUIET)[:1]), ValueError,
-         "measurements must hold two or more sizes to fit, got 1"),
+         "measurements must hold two or more different sizes to fit, got sizes [1024]"),
+        (lambda: judge_growth(power_law_runs(QUIET)[:1] * 2), ValueError,
+         "two or more different sizes to fit, got sizes [1024, 1024]"),
         (lambda: judge_growth([(1024, 0.1)]), TypeError,
          "measurements must be a list of Measurement"),
         (lambda: judge_growth(power_law_runs(QUIET), "grows like N^2"), ValueError,
