@@ -420,7 +420,8 @@ class Verdict(NamedTuple):
     spread: float
     residual: float  #: the fit's residual (`PowerLawFit.residual`); 0 where nothing is fitted
     sentence: str  #: the finding with its noise, or "too noisy to tell: ..."
-    #: the measurements it rests on, after `judge_growth` measured the noisy sizes again
+    #: the measurements it rests on (from `judge_growth` with `fn`: of each size, the faster
+    #: of its two timings)
     measurements: tuple = ()
 
     def __str__(self):
@@ -434,7 +435,7 @@ def _check_judgement(finding, label, max_spread, max_residual=MAX_RESIDUAL):
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(finding) if f is not None]
         finding.format(1.0)
-    except (IndexError, KeyError, ValueError):
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
         fields = None
     if fields is None or len(fields) != 1:
         raise ValueError(f"finding must be a format string with one {{}} field for the value, "

@@ -519,6 +519,8 @@ def test_judge_repeats_takes_the_median_and_the_same_spread_as_time_call():
          "finding must be a format string with one {} field for the value, got 'grows like N^2'"),
         (lambda: judge_growth(power_law_runs(QUIET), "{} and {}"), ValueError,
          "with one {} field"),
+        (lambda: judge_growth(power_law_runs(QUIET), "N^{0.real.x}"), ValueError,
+         "with one {} field"),
         (lambda: judge_growth(power_law_runs(QUIET), 2), TypeError, "finding must be a str"),
         (lambda: judge_growth(power_law_runs(QUIET), fn=3), TypeError,
          "fn must be callable or None, got int"),
