@@ -2,6 +2,7 @@
 answer is known (tensors of known size, power laws, operators that must appear)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -16,12 +17,19 @@ from attnlib import measure
 from attnlib.attention import inplace_attention, scaled_dot_product_attention
 from attnlib.cost import score_matrix_bytes
 from attnlib.measure import (
+    MAX_RESIDUAL,
+    MAX_SPREAD,
+    MIN_REPEATS,
     Measurement,
     Timing,
     attention_inputs,
     counted_flops,
     cpu_op_times,
     fit_exponent,
+    fit_power_law,
+    judge_growth,
+    judge_ratio,
+    judge_repeats,
     page_faults,
     peak_memory,
     time_call,
@@ -187,15 +195,29 @@ def test_counted_flops_counts_each_matrix_product_as_it_runs():
         counted_flops(a)
 
 
-PAGE_FAULTS_IN_A_FRESH_PROCESS = """
+OS_COUNTS_IN_A_FRESH_PROCESS = """
 import json, resource, torch
-from attnlib.measure import page_faults
-n_bytes = 64 << 20  # above glibc's largest mmap threshold (32 MiB): mapped afresh each call
-fresh = page_faults(lambda: torch.ones(n_bytes // 4))
-buffer = torch.empty(n_bytes // 4)
+from attnlib.measure import measure, page_faults
+n_floats = (64 << 20) // 4  # above glibc's largest mmap threshold (32 MiB): mapped afresh each call
+fresh = page_faults(lambda: torch.ones(n_floats))
+buffer = torch.empty(n_floats)
 reused = page_faults(lambda: buffer.fill_(1.0), runs=2)
-print(json.dumps({"pages": n_bytes // resource.getpagesize(), "page_bytes":
-                  resource.getpagesize(), "fresh": fresh._asdict(), "reused": reused._asdict()}))
+kept = []
+
+def first_call_only(x):  # allocates only in its first call, then reuses the buffer
+    if not kept:
+        kept.append(torch.empty(n_floats))
+    return kept[0].fill_(1.0)
+
+timed = {name: measure(fn, [n_floats], lambda n: torch.ones(1), memory=False,
+                       min_run_time=0.05, max_run_time=0.2)[0]
+         for name, fn in [("fresh", lambda x: torch.ones(n_floats)),
+                          ("first_call_only", first_call_only)]}
+print(json.dumps({"pages": n_floats * 4 // resource.getpagesize(), "bytes": n_floats * 4,
+                  "page_bytes": resource.getpagesize(), "fresh": fresh._asdict(),
+                  "reused": reused._asdict(),
+                  "timed": {k: {"fresh_bytes": m.fresh_bytes, **m.os_cost._asdict()}
+                            for k, m in timed.items()}}))
 """
 
 
@@ -206,20 +228,38 @@ def transparent_huge_pages_always():
         return False
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or transparent_huge_pages_always(),
-                    reason="counts 4 KiB pages as Linux without always-on huge pages gives them")
-def test_page_faults_count_the_pages_of_memory_fresh_from_the_os():
+linux_4k_pages = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or transparent_huge_pages_always(),
+    reason="counts 4 KiB pages as Linux without always-on huge pages gives them")
+
+
+@pytest.fixture(scope="module")
+def os_counts():
     """Run in a fresh, single-threaded interpreter: what earlier tests left in the
     allocator, and other threads' faults, cannot change the count."""
-    result = subprocess.run([sys.executable, "-c", PAGE_FAULTS_IN_A_FRESH_PROCESS],
+    result = subprocess.run([sys.executable, "-c", OS_COUNTS_IN_A_FRESH_PROCESS],
                             capture_output=True, text=True, check=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
-    counts = json.loads(result.stdout)
-    pages, fresh, reused = counts["pages"], counts["fresh"], counts["reused"]
-    assert fresh["page_bytes"] == counts["page_bytes"]
+    return json.loads(result.stdout)
+
+
+@linux_4k_pages
+def test_page_faults_count_the_pages_of_memory_fresh_from_the_os(os_counts):
+    pages, fresh, reused = os_counts["pages"], os_counts["fresh"], os_counts["reused"]
+    assert fresh["page_bytes"] == os_counts["page_bytes"]
     assert pages <= fresh["faults"] <= pages * 1.05
     assert reused["faults"] < pages / 100
     for each in (fresh, reused):
+        assert 0 <= each["kernel_seconds"] <= each["cpu_seconds"]
+
+
+@linux_4k_pages
+def test_measure_counts_the_fresh_memory_of_the_timed_calls_after_the_first(os_counts):
+    fresh, first_only = os_counts["timed"]["fresh"], os_counts["timed"]["first_call_only"]
+    assert fresh["page_bytes"] == os_counts["page_bytes"]
+    assert os_counts["bytes"] <= fresh["fresh_bytes"] <= os_counts["bytes"] * 1.05
+    assert first_only["fresh_bytes"] < os_counts["bytes"] / 100  # the first call is not counted
+    for each in (fresh, first_only):
         assert 0 <= each["kernel_seconds"] <= each["cpu_seconds"]
 
 
@@ -262,3 +302,245 @@ def test_time_call_rejects_bad_input(kwargs, error, message):
     with pytest.raises(error) as info:
         time_call(arguments.pop("fn"), torch.ones(3), **arguments)
     assert message in str(info.value)
+
+
+def test_time_call_times_a_slow_call_at_least_min_repeats_times():
+    """A call slower than max_run_time would leave one block, whose spread is 0 whatever
+    the noise: time_call times it MIN_REPEATS times (after benchmark's warm-up call)."""
+    calls = []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.02)
+
+    timing = time_call(slow, min_run_time=0.001, max_run_time=0.001)
+    assert len(calls) >= 1 + MIN_REPEATS
+    assert timing.median >= 0.02 and timing.iqr >= 0
+
+
+# --- what the timed calls cost the operating system -----------------------------------
+
+def test_measurement_without_os_counts_has_no_fresh_bytes(monkeypatch):
+    monkeypatch.setitem(sys.modules, "resource", None)  # as on Windows: import fails
+    (run,) = measure.measure(torch.relu, [8], lambda n: torch.ones(n), min_run_time=0.01)
+    assert run.os_cost is None and run.fresh_bytes is None
+    assert Measurement(8, 1.0, None, 0.1).os_cost is None  # older four-field construction
+
+
+# --- the noise judgement --------------------------------------------------------------
+
+SIZES = [1024, 2048, 4096, 8192]
+#: deterministic noise: how far each timing is off the law n^2, and how much its repeats
+#: disagree, on a quiet and on a busy machine
+QUIET = {"off": [1.01, 0.99, 1.02, 0.98], "spread": [0.03, 0.05, 0.04, 0.06]}
+BUSY = {"off": [1.0, 1.9, 0.7, 1.3], "spread": [0.1, 0.8, 0.5, 0.3]}
+
+
+def power_law_runs(noise, exponent=2.0):
+    return [Measurement(n, 1e-9 * n**exponent * off, None, spread)
+            for n, off, spread in zip(SIZES, noise["off"], noise["spread"], strict=True)]
+
+
+def numpy_fit(sizes, values):
+    slope, intercept = np.polyfit(np.log(sizes), np.log(values), 1)
+    worst = np.max(np.abs(np.log(values) - (intercept + slope * np.log(sizes))))
+    return slope, np.expm1(worst)
+
+
+@pytest.mark.parametrize("noise", [QUIET, BUSY])
+def test_fit_power_law_matches_numpys_least_squares_and_its_residual(noise):
+    runs = power_law_runs(noise)
+    sizes, values = [r.n for r in runs], [r.seconds for r in runs]
+    slope, residual = numpy_fit(sizes, values)
+    fit = fit_power_law(sizes, values)
+    assert fit.exponent == pytest.approx(slope, rel=1e-10)
+    assert fit.residual == pytest.approx(residual, rel=1e-10)
+    assert fit_exponent(sizes, values) == fit.exponent
+    assert fit_power_law([10, 20, 40], [3.0, 6.0, 12.0]).residual == pytest.approx(0, abs=1e-12)
+    assert fit_power_law([10, 20], [5.0, 7.0]).residual == pytest.approx(0, abs=1e-12)
+
+
+def test_the_judgement_flips_from_a_finding_to_too_noisy_to_tell():
+    """The same power law, measured quietly and on a busy machine."""
+    quiet = judge_growth(power_law_runs(QUIET), label="chapter 2")
+    assert quiet.meaningful and quiet.value == pytest.approx(2.0, abs=0.05)
+    slope, residual = numpy_fit(SIZES, [r.seconds for r in power_law_runs(QUIET)])
+    assert quiet.value == pytest.approx(slope, rel=1e-10)
+    assert str(quiet) == quiet.sentence == (
+        f"chapter 2: time grows like N^{slope:.2f} (repeats agree within 6%, points within "
+        f"{residual:.0%} of the power law)")
+
+    busy = judge_growth(power_law_runs(BUSY), label="chapter 2")
+    assert not busy.meaningful and busy.spread == 0.8
+    slope, residual = numpy_fit(SIZES, [r.seconds for r in power_law_runs(BUSY)])
+    assert busy.residual == pytest.approx(residual, rel=1e-10) and residual > MAX_RESIDUAL
+    assert busy.sentence == (f"chapter 2: too noisy to tell: spread up to 80%, fit residual "
+                             f"{residual:.0%}; rerun on a quieter machine")
+    assert "N^" not in busy.sentence  # the noisy exponent is not printed as a finding
+
+
+def test_a_large_residual_alone_or_a_large_spread_alone_is_too_noisy():
+    quiet_but_off = power_law_runs({"off": BUSY["off"], "spread": QUIET["spread"]})
+    assert fit_power_law(SIZES, [r.seconds for r in quiet_but_off]).residual > MAX_RESIDUAL
+    assert not judge_growth(quiet_but_off).meaningful
+    on_the_line_but_spread = power_law_runs({"off": QUIET["off"], "spread": BUSY["spread"]})
+    assert not judge_growth(on_the_line_but_spread).meaningful
+    assert judge_growth(on_the_line_but_spread, max_spread=0.9).meaningful
+
+
+@pytest.fixture
+def fake_timer(monkeypatch):
+    """measure's timings replaced by a machine whose load the test sets: time_call gets the
+    input tensor torch.full((1,), n) and answers 1e-9 n^2 seconds times
+    machine["load"](n, k) for the k-th repeat of n (k = 0 for the first one timed here),
+    with repeats that disagree by machine["spread"]."""
+    machine = {"load": lambda n, k: 1.0, "spread": 0.04, "timed": []}
+
+    def fake_time_call(fn, x, **kwargs):
+        n = int(x.item())
+        k = machine["timed"].count(n)
+        machine["timed"].append(n)
+        seconds = 1e-9 * n**2 * machine["load"](n, k)
+        return Timing(seconds, seconds * machine["spread"])
+
+    monkeypatch.setattr(measure, "time_call", fake_time_call)
+    return machine
+
+
+def judge_on_fake_timer(runs, **kwargs):
+    return judge_growth(runs, fn=torch.relu, make_inputs=lambda n: torch.full((1,), n),
+                        **kwargs)
+
+
+def test_judge_growth_measures_every_size_again_largest_first_and_keeps_the_faster(
+        fake_timer):
+    runs = power_law_runs(QUIET)
+    runs = [r._replace(peak_bytes=r.n) for r in runs]
+    verdict = judge_on_fake_timer(runs)
+    assert fake_timer["timed"] == SIZES[::-1]
+    kept = [min(first.seconds, 1e-9 * first.n**2) for first in runs]
+    assert [m.seconds for m in verdict.measurements] == kept
+    disagreement = max(abs(off - 1) / min(off, 1) for off in QUIET["off"])
+    assert verdict.spread == pytest.approx(max(disagreement, *QUIET["spread"]))
+    assert [m.peak_bytes for m in verdict.measurements] == SIZES  # the first peak is kept
+    assert verdict.meaningful and verdict.value == pytest.approx(
+        numpy_fit(SIZES, kept)[0], rel=1e-10)
+    assert verdict.sentence.endswith("; each size measured twice)")
+
+
+def test_load_that_lasts_through_each_size_fools_one_pass_but_not_two(fake_timer):
+    """Each size's repeats agree and the points lie on a power law, but the machine got
+    busier from size to size: the first pass says N^2.4.  Measured again largest first,
+    under the same rising load, the sizes disagree with their first timing."""
+    rising = [1.0, 1.25, 1.6, 2.0]  # the load while each size was timed, in that order
+    first = [Measurement(n, 1e-9 * n**2 * load, None, 0.03)
+             for n, load in zip(SIZES, rising, strict=True)]
+    one_pass = judge_growth(first)
+    assert one_pass.meaningful and one_pass.value > 2.3  # fooled
+    fake_timer["load"] = lambda n, k: 2.5 + k  # ... and still busy afterwards
+    two_passes = judge_on_fake_timer(first)
+    assert not two_passes.meaningful
+    assert two_passes.sentence.startswith("too noisy to tell: spread up to ")
+    assert "each size measured twice, N = 1024, 2048, 4096, 8192 three times" in (
+        two_passes.sentence)
+
+
+def test_a_third_timing_sets_the_slowest_aside_not_the_odd_one_out(fake_timer):
+    """Load only slows a call down: of 1.0, 3.0 and 3.1 the two slow ones were disturbed,
+    even though they agree with each other."""
+    runs = power_law_runs(QUIET)
+    fake_timer["load"] = lambda n, k: QUIET["off"][SIZES.index(n)] * (3 + k / 10) if (
+        n == 4096) else QUIET["off"][SIZES.index(n)]
+    verdict = judge_on_fake_timer(runs)
+    assert fake_timer["timed"] == [*SIZES[::-1], 4096]
+    assert not verdict.meaningful and verdict.spread == pytest.approx(2.0)
+    assert verdict.measurements[2].seconds == runs[2].seconds
+
+
+def test_one_disturbed_timing_gets_a_third_chance(fake_timer):
+    runs = power_law_runs(QUIET)
+    runs[1] = runs[1]._replace(seconds=runs[1].seconds * 3)  # a burst of load at N = 2048
+    verdict = judge_on_fake_timer(runs)
+    assert fake_timer["timed"] == [*SIZES[::-1], 2048]
+    assert verdict.meaningful
+    assert verdict.measurements[1].seconds == pytest.approx(1e-9 * 2048**2)
+    assert "N = 2048 three times" in verdict.sentence
+
+
+def test_judge_growth_gives_up_when_the_machine_stays_noisy(fake_timer):
+    fake_timer["spread"] = 0.5
+    verdict = judge_on_fake_timer(power_law_runs(BUSY), label="chapter 2")
+    assert not verdict.meaningful and verdict.spread >= 0.5
+    assert verdict.sentence.startswith("chapter 2: too noisy to tell: spread up to ")
+    assert verdict.sentence.endswith("; rerun on a quieter machine")
+
+
+def test_two_sizes_have_no_residual_and_are_judged_on_their_spreads():
+    two = power_law_runs(QUIET)[2:]
+    verdict = judge_growth(two, "grows like N^{:.1f}")
+    exponent = 2 + math.log2(QUIET["off"][3] / QUIET["off"][2])  # the line through both
+    assert verdict.meaningful and verdict.residual == 0
+    assert verdict.value == pytest.approx(exponent, rel=1e-12)
+    assert verdict.sentence == f"grows like N^{exponent:.1f} (repeats agree within 6%)"
+    assert not judge_growth(power_law_runs(BUSY)[2:]).meaningful
+
+
+def test_judge_ratio_reports_a_ratio_only_when_both_timings_are_quiet():
+    slow, fast = Measurement(8192, 2.0, None, 0.05), Measurement(8192, 0.25, None, 0.08)
+    verdict = judge_ratio(slow, fast, "{:.1f} times as long", label="chapter 2 vs fused")
+    assert verdict.meaningful and verdict.value == 8.0
+    assert verdict.sentence == "chapter 2 vs fused: 8.0 times as long (repeats agree within 8%)"
+    noisy = judge_ratio(slow, fast._replace(spread=MAX_SPREAD * 2))
+    assert not noisy.meaningful and noisy.value == 8.0
+    assert noisy.sentence == "too noisy to tell: spread up to 40%; rerun on a quieter machine"
+    assert judge_ratio(Timing(3.0, 0.3), Timing(1.5, 0.03)).value == 2.0  # Timings too
+
+
+def test_judge_repeats_takes_the_median_and_the_same_spread_as_time_call():
+    values = [0.30, 0.36, 0.33, 0.31, 0.34]
+    p25, median, p75 = np.percentile(values, [25, 50, 75])
+    verdict = judge_repeats(values, "matrix products take {:.0%} of the time")
+    assert verdict.value == pytest.approx(median) and verdict.meaningful
+    assert verdict.spread == pytest.approx((p75 - p25) / median)
+    assert verdict.sentence.startswith("matrix products take 33% of the time")
+    assert not judge_repeats([0.1, 0.5, 0.3]).meaningful
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: judge_growth(power_law_runs(QUIET)[:1]), ValueError,
+         "measurements must hold two or more different sizes to fit, got sizes [1024]"),
+        (lambda: judge_growth(power_law_runs(QUIET)[:1] * 2), ValueError,
+         "two or more different sizes to fit, got sizes [1024, 1024]"),
+        (lambda: judge_growth([(1024, 0.1)]), TypeError,
+         "measurements must be a list of Measurement"),
+        (lambda: judge_growth(power_law_runs(QUIET), "grows like N^2"), ValueError,
+         "finding must be a format string with one {} field for the value, got 'grows like N^2'"),
+        (lambda: judge_growth(power_law_runs(QUIET), "{} and {}"), ValueError,
+         "with one {} field"),
+        (lambda: judge_growth(power_law_runs(QUIET), "N^{0.real.x}"), ValueError,
+         "with one {} field"),
+        (lambda: judge_growth(power_law_runs(QUIET), 2), TypeError, "finding must be a str"),
+        (lambda: judge_growth(power_law_runs(QUIET), fn=3), TypeError,
+         "fn must be callable or None, got int"),
+        (lambda: judge_growth(power_law_runs(QUIET), label=1), TypeError,
+         "label must be a str or None, got int"),
+        (lambda: judge_growth(power_law_runs(QUIET), max_spread=0), ValueError,
+         "max_spread must be a number > 0, got 0"),
+        (lambda: judge_growth(power_law_runs(QUIET), max_residual=True), ValueError,
+         "max_residual must be a number > 0, got True"),
+        (lambda: judge_ratio(1.0, Timing(1.0, 0.1)), TypeError,
+         "numerator must be a Measurement or a Timing, got float"),
+        (lambda: judge_repeats([0.3]), ValueError, "values must be two or more numbers > 0"),
+        (lambda: judge_repeats([0.3, 0.0]), ValueError, "values must be two or more numbers > 0"),
+    ],
+)
+def test_the_judgements_reject_bad_input(call, error, message):
+    with pytest.raises(error) as info:
+        call()
+    assert message in str(info.value)
+
+
+def test_the_limits_are_documented_fractions():
+    assert 0 < MAX_SPREAD < 1 and 0 < MAX_RESIDUAL < 1
