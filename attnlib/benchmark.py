@@ -401,6 +401,11 @@ def format_times(records, matmul):
         line += "   " + _ratio(records, n, causal, "naive") + "   " + _ratio(
             records, n, causal, "pytorch")
         lines.append(line)
+    worst = max(r["iqr_s"] / r["median_s"] for r in records)
+    if worst > measure.MAX_SPREAD:
+        lines.append(f"Repeats disagree by up to {100 * worst:.0f}% of their median (more than "
+                     f"{100 * measure.MAX_SPREAD:.0f}%): the machine was too busy for these "
+                     "ratios to mean anything ('too noisy'); rerun on a quieter machine.")
     return "\n".join(lines)
 
 
@@ -410,7 +415,10 @@ def _ratio(records, n, causal, other):
     that = _find(records, n=n, causal=causal, implementation=other)
     if tiled is None or that is None:
         return f"{'-':>14}"
+    spread = max(r["iqr_s"] / r["median_s"] for r in (tiled, that))
     ratio = that["median_s"] / tiled["median_s"]
+    if spread > measure.MAX_SPREAD:
+        return f"{'too noisy':>14}"
     text = f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
     return f"{text:>14}"
 
@@ -458,8 +466,10 @@ def scaling(sizes=(4096, 6144, 8192)):
         lines.append(f"N = {run.n:>6}: {run.seconds * 1e3:9.2f} ms ±{50 * run.spread:2.0f}%, "
                      f"peak {run.peak_bytes / 1e6:8.1f} MB = {run.peak_bytes / formula:.4f} x "
                      f"(3 * score_matrix_bytes)")
-    exponent = measure.fit_exponent(sizes, [run.seconds for run in runs])
-    lines.append(f"time grows like N^{exponent:.2f} over N = {', '.join(map(str, sizes))}")
+    verdict = measure.judge_growth(runs, f"time grows like N^{{:.2f}} over N = "
+                                   f"{', '.join(map(str, sizes))}",
+                                   fn=attention.scaled_dot_product_attention)
+    lines.append(str(verdict))
     return lines
 
 
@@ -510,6 +520,31 @@ def format_comparison(record):
         lines += [f"  {name} ({dtype}, d = {d}): {why}" for (name, dtype, d), why
                   in reasons.items()]
     return "\n".join(lines)
+
+
+def plot_comparison(record, ax, dtype, d, causal=True, backward=False, value="tflops"):
+    """Draw one setting of a record: `value` ("tflops" or "peak_bytes") of each
+    implementation against N on log axes; a cross marks the first N that did not fit."""
+    results = [r for r in record["results"] if (r["dtype"], r["d"], r["causal"],
+                                                 r["backward"]) == (dtype, d, causal, backward)]
+    scale = 1 if value == "tflops" else 2**20
+    for name in dict.fromkeys(r["implementation"] for r in results):
+        mine = [r for r in results if r["implementation"] == name]
+        ok = [r for r in mine if r["status"] == "ok"]
+        if not ok:
+            continue
+        line, = ax.plot([r["n"] for r in ok], [r[value] / scale for r in ok], "o-", label=name)
+        failed = next((r for r in mine if r["status"] == "does not fit"), None)
+        if failed is not None:
+            ax.plot([failed["n"]], [ok[-1][value] / scale], "x", color=line.get_color(),
+                    markersize=10)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length N (tokens)")
+    ax.set_ylabel("TFLOP/s" if value == "tflops" else "peak memory (MiB)")
+    ax.set_title(f"{dtype}, d = {d}, {'causal' if causal else 'full'}, "
+                 f"{'forward + backward' if backward else 'forward'}")
+    return ax
 
 
 # --- the command -------------------------------------------------------------------------

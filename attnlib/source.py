@@ -26,7 +26,12 @@ class SourceCode:
 
 
 def show_source(obj):
-    """The source of a library function, class or module, with where it comes from."""
+    """The source of a library function, class or module, with where it comes from.
+
+    A Triton kernel (`triton.jit`, compiled or interpreted) shows the Python function it
+    was made from.
+    """
+    obj = getattr(obj, "fn", obj) if not inspect.isroutine(obj) else obj
     try:
         code = inspect.getsource(obj)
         path = inspect.getsourcefile(obj)

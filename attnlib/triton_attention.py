@@ -4,7 +4,7 @@
 (Tillet, Kung and Cox, 2019, https://www.eecs.harvard.edu/~htk/publication/2019-mapl-tillet-kung-cox.pdf),
 with the same names: one program per query block of one (batch, head), which keeps its
 query block `q`, running max `m`, sum `ell` and accumulator `acc` in registers while it
-streams the key blocks through `_fold_key_blocks`, chapter 6's `block_step`.  As in
+streams the key blocks through `fold_key_blocks`, chapter 6's `block_step`.  As in
 FlashAttention-2 (Dao, 2023, https://arxiv.org/abs/2307.08691):
 
 - `tl.dot` multiplies float16 or bfloat16 tiles with float32 accumulation, and m, ell,
@@ -106,7 +106,7 @@ def _row_sum(x):
 
 
 @jit
-def _fold_key_blocks(acc, m, ell, q, kT_ptrs, v_ptrs, stride_kn, stride_vn, queries, k_lo, k_hi,
+def fold_key_blocks(acc, m, ell, q, kT_ptrs, v_ptrs, stride_kn, stride_vn, queries, k_lo, k_hi,
                      n_k, qk_scale, BLOCK_K: tl.constexpr, MASKED: tl.constexpr,
                      IS_CAUSAL: tl.constexpr, PRECISION: tl.constexpr):
     """Chapter 6's `block_step` for each key block [k_start, k_start + BLOCK_K) with k_lo <=
@@ -175,10 +175,10 @@ def attention_forward_kernel(Q, K, V, Out, Lse, stride_qb, stride_qh, stride_qn,
     else:
         k_stop = n_k
         k_full = n_k // BLOCK_K * BLOCK_K
-    acc, m, ell = _fold_key_blocks(acc, m, ell, q, kT_ptrs, v_ptrs, stride_kn, stride_vn,
+    acc, m, ell = fold_key_blocks(acc, m, ell, q, kT_ptrs, v_ptrs, stride_kn, stride_vn,
                                    queries, 0, k_full, n_k, qk_scale, BLOCK_K, False,
                                    IS_CAUSAL, PRECISION)
-    acc, m, ell = _fold_key_blocks(acc, m, ell, q, kT_ptrs, v_ptrs, stride_kn, stride_vn,
+    acc, m, ell = fold_key_blocks(acc, m, ell, q, kT_ptrs, v_ptrs, stride_kn, stride_vn,
                                    queries, k_full, k_stop, n_k, qk_scale, BLOCK_K, True,
                                    IS_CAUSAL, PRECISION)
 
@@ -216,14 +216,29 @@ def default_config(d_k, d_v, dtype, shared_memory=T4_SHARED_MEMORY):
     (block_q x d_v) stays in registers.  In the interpreter, block sizes only set how
     much NumPy does per step.
     """
-    size = torch.empty((), dtype=require_float_dtype(dtype)).element_size()
     blocks = [(64, 32), (32, 32)] if dtype == torch.float32 else [(128, 64), (64, 64), (64, 32)]
     num_warps = 4 if d_v <= 64 else 8
     for block_q, block_k in blocks:
         for num_stages in (3, 2):
-            if size * (block_q * d_k + num_stages * block_k * (d_k + d_v)) <= shared_memory:
+            if shared_memory_bytes(block_q, block_k, num_stages, d_k, d_v, dtype) \
+                    <= shared_memory:
                 return KernelConfig(block_q, block_k, num_warps, num_stages)
     return KernelConfig(*blocks[-1], num_warps, 1)
+
+
+def shared_memory_bytes(block_q, block_k, num_stages, d_k, d_v, dtype):
+    """Shared memory that one program of the kernel needs, the estimate `default_config`
+    uses: the query block and `num_stages` key and value blocks in flight,
+
+        bytes per element * (block_q d_k + num_stages block_k (d_k + d_v))
+
+    (Triton also keeps the float32 accumulator and the running m and ell, in registers.)
+    """
+    for name, value in (("block_q", block_q), ("block_k", block_k),
+                        ("num_stages", num_stages), ("d_k", d_k), ("d_v", d_v)):
+        require_positive_int(name, value)
+    size = torch.empty((), dtype=require_float_dtype(dtype)).element_size()
+    return size * (block_q * d_k + num_stages * block_k * (d_k + d_v))
 
 
 def _shared_memory(device):

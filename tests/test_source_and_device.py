@@ -41,3 +41,13 @@ def test_best_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
 def test_describe_cpu_names_threads_and_torch_version():
     line = device.describe_device("cpu")
     assert f"{torch.get_num_threads()} threads" in line and torch.__version__ in line
+
+
+def test_show_source_of_a_triton_kernel_is_its_python_function():
+    pytest.importorskip("triton")
+    from attnlib import triton_attention
+
+    shown = show_source(triton_attention.fold_key_blocks)
+    assert shown.origin == "attnlib.triton_attention.fold_key_blocks"
+    assert shown.code == inspect.getsource(triton_attention.fold_key_blocks.fn).rstrip()
+    assert "def fold_key_blocks(" in shown.code
