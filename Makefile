@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 COLAB := .venv-colab
+SITE_ASSETS := _site_assets/.installed
 
 .PHONY: book test colab-compat notebooks student clean
 
@@ -16,15 +17,21 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 ## book: build the website into _build/html (strict: warnings and notebook errors fail it)
-book: $(STAMP)
+book: $(STAMP) $(SITE_ASSETS)
 	$(BIN)/jupyter-book build --all -W -n --keep-going .
 
-## test: library tests, strict nbval over every chapter, the book build, Colab versions
+# MathJax, require.js and the widget manager, served by the site itself (needs npm)
+$(SITE_ASSETS): package.json package-lock.json tools/site_assets.py
+	$(BIN)/python tools/site_assets.py
+
+## test: library tests, strict nbval over every chapter, the book build and the built site
+## in a browser (tests/browser), Colab versions
 test: $(STAMP)
-	$(BIN)/python -m pytest tests chapters --nbval --nbval-current-env \
+	$(BIN)/python -m pytest tests chapters --ignore tests/browser --nbval --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=300
 	$(BIN)/ruff check attnlib tests tools
 	$(MAKE) book
+	$(BIN)/python -m pytest tests/browser -q -rs
 	$(MAKE) colab-compat
 
 ## colab-compat: attnlib installs over Colab's versions without upgrading any, and works there
@@ -33,7 +40,7 @@ colab-compat: $(COLAB)/.installed
 	$(COLAB)/bin/python -c "import ipywidgets as w; assert w.__version__ == '7.7.1', \
 		f'installing attnlib changed Colab ipywidgets 7.7.1 into {w.__version__}'"
 	$(COLAB)/bin/python -m pytest tests -q -W "ignore::DeprecationWarning" \
-		--ignore tests/test_notebooks.py
+		--ignore tests/test_notebooks.py --ignore tests/browser
 
 $(COLAB)/.installed: requirements-colab.txt
 	test -x $(COLAB)/bin/python || $(PYTHON) -m venv $(COLAB)
@@ -49,4 +56,4 @@ student: $(STAMP)
 	$(BIN)/python tools/notebooks.py student --out student
 
 clean:
-	rm -rf _build student $(COLAB)
+	rm -rf _build student $(COLAB) _site_assets
