@@ -39,7 +39,7 @@ def test_pages_load_mathjax_and_the_widget_scripts_from_the_site(tmp_path):
     site = {p.relative_to(served.parent).as_posix() for p in copied}
     scripts = [SPHINX["mathjax_path"], *SPHINX["nb_ipywidgets_js"]]
     assert [served_path(s) for s in scripts] == [
-        "assets/mathjax/tex-mml-chtml.js", "assets/require-config.js", "assets/require.js",
+        "assets/mathjax/tex-mml-chtml.js", "assets/widgets-setup.js", "assets/require.js",
         "assets/html-manager/embed-amd.js"]
     assert {served_path(s) for s in scripts} <= site
     assert "assets/mathjax/output/part.js" in site  # MathJax's fonts come along

@@ -4,7 +4,7 @@
 
 MathJax, require.js and the Jupyter widget manager come from npm at the versions pinned
 in package.json and package-lock.json (`npm ci`), and are copied into
-`_site_assets/assets/` with require.js's configuration (`REQUIRE_CONFIG_JS`).  Sphinx
+`_site_assets/assets/` with a script that sets them up (`WIDGETS_SETUP_JS`).  Sphinx
 copies that folder into the site (`html_extra_path` in `_config.yml`, where
 `mathjax_path` and `nb_ipywidgets_js` point at these files).
 """
@@ -31,18 +31,29 @@ COPIES = [
     ("mathjax", "LICENSE", "mathjax"),
     ("requirejs", "require.js", "."),
     ("@jupyter-widgets/html-manager", "dist/embed-amd.js", "html-manager"),
-    # the fonts its styles name (FontAwesome), found through REQUIRE_CONFIG_JS
+    # the fonts its styles name (FontAwesome), found through WIDGETS_SETUP_JS
     *(("@jupyter-widgets/html-manager", f"dist/{font}", "html-manager") for font in FONTS),
 ]
 
-# Read by require.js when it loads (a global `require` object is its configuration). The
-# widget manager finds its fonts beside its own modules, and require.js would place those
-# beside each page; this places them in the site's assets/html-manager/.
-REQUIRE_CONFIG_JS = """var require = {
-  paths: {
-    "@jupyter-widgets/html-manager/dist": new URL("html-manager", document.currentScript.src).href
-  }
-};
+# Loaded before require.js and the widget manager (`nb_ipywidgets_js` in _config.yml).
+# 1. require.js reads a global `require` object as its configuration.  Each module of
+#    the widget manager finds its fonts beside itself, and require.js would place the
+#    modules beside each page: this places them all in the site's assets/html-manager/.
+# 2. The widget manager typesets widget labels with MathJax 2's `MathJax.Hub.Queue`; the
+#    site runs MathJax 3 (`typesetPromise`), so without this a page's widgets raise
+#    "Cannot read properties of undefined (reading 'Queue')".
+WIDGETS_SETUP_JS = """(function () {
+  var here = new URL("html-manager", document.currentScript.src).href;
+  window.require = {paths: {"@jupyter-widgets": here, "@jupyter-widgets/html-manager/dist": here}};
+  document.addEventListener("DOMContentLoaded", function () {
+    var mathjax = window.MathJax;
+    if (mathjax && mathjax.startup && !mathjax.Hub) {
+      mathjax.Hub = {Queue: function (job) {
+        mathjax.startup.promise.then(function () { return mathjax.typesetPromise([job[2]]); });
+      }};
+    }
+  });
+})();
 """
 
 
@@ -73,9 +84,9 @@ def copy(node_modules=NODE_MODULES, served=SERVED):
             else:
                 shutil.copy2(source, target)
                 copied.append(target)
-    config = served / "require-config.js"
-    config.write_text(REQUIRE_CONFIG_JS)
-    return copied + [config]
+    setup = served / "widgets-setup.js"
+    setup.write_text(WIDGETS_SETUP_JS)
+    return copied + [setup]
 
 
 def main():
