@@ -31,6 +31,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
                  "--disable-sync", "--disable-dev-shm-usage"]
 # Sphinx's own pages, beside those of the table of contents.
 SPHINX_PAGES = ["genindex", "search", "py-modindex"]
+PAGE_BUDGET, NOTEBOOK_BUDGET = 3e6, 2e6  # bytes: a chapter page with its images, a notebook
 # Visible text that is TeX left for MathJax: \( \[ $$, or $...$ around a TeX character.
 RAW_TEX = re.compile(r"\\\(|\\\[|\$\$|\$[^$\n]*[\\^_{][^$\n]*\$")
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -330,3 +331,18 @@ def test_every_built_page_is_visited():
     built = sorted(p.relative_to(SITE).with_suffix("").as_posix() for p in SITE.rglob("*.html")
                    if not p.relative_to(SITE).parts[0].startswith("_"))
     assert built == sorted(PAGES + ["index"])  # index.html only redirects to the root page
+
+
+def page_weight(html):
+    """Bytes of a built page and of the image files it shows (data: images are inside)."""
+    text = html.read_text()
+    images = set(re.findall(r'<img [^>]*src="([^":]+)"', text))
+    return len(text.encode()) + sum((html.parent / src).stat().st_size for src in images)
+
+
+@pytest.mark.parametrize("name", [p for p in toc_pages() if notebook(p) is not None])
+def test_chapters_stay_light(name):
+    html = SITE / f"{name}.html"
+    assert page_weight(html) < PAGE_BUDGET, f"{html}: {page_weight(html) / 1e6:.2f} MB"
+    size = (ROOT / f"{name}.ipynb").stat().st_size
+    assert size < NOTEBOOK_BUDGET, f"{name}.ipynb: {size / 1e6:.2f} MB"
