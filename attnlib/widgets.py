@@ -256,6 +256,9 @@ class Explorer:
         held = "; ".join(f"{self.controls[name].description}: "
                          + ", ".join(_label(self.controls[name], v) for v in values)
                          for name, values in self.grid.items())
+        if all(set(values) == set(_all_values(self.controls[name]))
+               for name, values in self.grid.items()):
+            return f"On this page the figure is precomputed for every setting: {held}."
         return (f"On this page the figure is precomputed for {held}. Run the notebook "
                 "(Colab, Binder or Jupyter) to explore every other setting.")
 
@@ -291,6 +294,16 @@ def figure_alt(fig):
     for tex, plain in _TEX_AS_TEXT.items():
         text = text.replace(tex, plain)
     return "Figure: " + re.sub(r"\\(?=[A-Za-z])|[${}]", "", text)
+
+
+def _all_values(control):
+    """Every value a control can take, when they are few (options, a checkbox, an integer
+    slider); else an empty tuple."""
+    if hasattr(control, "_options_values") or isinstance(control.value, bool):
+        return default_values(control)
+    if isinstance(control.value, int) and hasattr(control, "step"):
+        return tuple(range(control.min, control.max + 1, control.step))
+    return ()
 
 
 def _static_png(fig):

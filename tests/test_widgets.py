@@ -134,6 +134,19 @@ def test_static_controls_mirror_the_live_ones():
     assert '<img class="attnlib-explorer-figure"' not in page  # text only: no figure
 
 
+def test_the_note_says_when_every_setting_is_on_the_page():
+    step = ipywidgets.IntSlider(value=2, min=1, max=3, description="step")
+    every = widgets.explore(lambda step, on: "", step=(step, [1, 2, 3]),
+                            on=ipywidgets.Checkbox(description="on"))
+    assert every.note() == ("On this page the figure is precomputed for every setting: "
+                            "step: 1, 2, 3; on: False, True.")
+    some = widgets.explore(lambda step: "", step=(ipywidgets.IntSlider(value=2, max=9), [2, 5]))
+    assert some.note() == ("On this page the figure is precomputed for step: 2, 5. Run the "
+                           "notebook (Colab, Binder or Jupyter) to explore every other setting.")
+    text = widgets.explore(lambda word: "", word=ipywidgets.Text(value="hi"))
+    assert "explore every other setting" in text.note()
+
+
 def test_default_values_and_their_declaration():
     dropdown = ipywidgets.Dropdown(options=[("x", 1), ("y", 2)])
     assert widgets.default_values(dropdown) == (1, 2)
