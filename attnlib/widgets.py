@@ -33,6 +33,7 @@ import matplotlib.figure
 import matplotlib.pyplot as plt
 import numpy
 import PIL.Image
+from IPython.display import display
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from attnlib.plotting import figure_png
@@ -269,6 +270,10 @@ class Explorer:
             "text/html": self.static_html(),
             "text/plain": self.text or "",
         }
+
+    def _ipython_display_(self):
+        # A display_data message, as ipywidgets 7 (Colab's) sends for its own widgets.
+        display(self._repr_mimebundle_(), raw=True)
 
 
 def explore(render, **controls):

@@ -93,6 +93,16 @@ def test_one_output_carries_the_live_widget_and_the_static_copy():
     assert "n: 2; label: a, b. Run the notebook" in page
 
 
+def test_displaying_it_sends_that_one_bundle(monkeypatch):
+    shown = []
+    monkeypatch.setattr(widgets, "display", lambda obj, raw=False: shown.append((obj, raw)))
+    explorer = widgets.explore(make_render([]), n=ipywidgets.IntSlider(value=2, max=5),
+                               label=ipywidgets.Text(value="x"))
+    explorer._ipython_display_()
+    [(bundle, raw)] = shown
+    assert raw and bundle == explorer._repr_mimebundle_()
+
+
 def test_precomputed_grid_is_what_render_draws_at_each_setting():
     calls = []
     explorer = widgets.explore(
