@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+import attnlib
 from tests.exercise_cases import assert_accepts, assert_hints_then_reveals, assert_rejects
 
 
@@ -93,3 +94,12 @@ def test_t4_blocks_names_the_mistake(answer, phrase):
 def test_t4_blocks_runs_the_kernel_with_the_answer():
     pytest.importorskip("triton")
     assert_accepts("ch7.t4_blocks", 128)
+
+
+def test_t4_blocks_without_triton_judges_the_blocks_and_says_the_kernel_did_not_run(
+        monkeypatch):
+    from attnlib import triton_attention
+
+    monkeypatch.setattr(triton_attention, "triton", None)
+    verdict = attnlib.check("ch7.t4_blocks", 128)
+    assert verdict and "Triton is not installed here" in verdict.message

@@ -5,13 +5,15 @@
 
 `execute` first writes the setup cell (built from `_config.yml`, so a fork only edits
 that file) and the closing progress cell, then re-executes each notebook in place from a
-clean kernel, saving the widget state so the website can show the widgets.  `student`
+clean kernel, saving the widget state so the website can show the widgets, and collapses
+on the website the cells that only draw a figure (`collapse_drawing_cells`).  `student`
 writes copies without solutions into `student/` (committed: the website offers them for
 download and Colab opens them from the repository) and rewrites their table of links in
 `instructors.md`.
 """
 
 import argparse
+import ast
 import re
 import sys
 import time
@@ -38,6 +40,8 @@ SOLUTION_START = re.compile(r"^:{3,}\{solution-start\}")
 SOLUTION_END = re.compile(r"^(:{3,})\{solution-end\}")
 EXERCISE = re.compile(r"^(?P<fence>:{3,})\{exercise\}[ \t]*(?P<title>[^\n]*)\n"
                       r"(?::[\w-]+:[^\n]*\n)*(?P<body>.*?)^(?P=fence)[ \t]*$", re.M | re.S)
+COLLAPSED_TAG = "hide-input"  # the website shows the output, and the code on a click
+DRAWING_NAMES = {"plt", "attention_heatmap"}  # pyplot, and attnlib's heatmap
 
 
 def chapter_notebooks():
@@ -124,8 +128,50 @@ def execute(path, timeout=300):
     )
     client.execute()
     seconds = time.perf_counter() - start
+    collapse_drawing_cells(nb)
     nbformat.write(nb, path)
     return seconds
+
+
+def only_draws(source):
+    """True when every top-level statement of `source` draws: it uses pyplot,
+    `attention_heatmap`, or a name bound by an earlier drawing statement of the cell (a
+    figure, its axes, a loop over them).  A line that computes something else teaches."""
+    try:
+        statements = ast.parse(source).body
+    except SyntaxError:  # IPython magics: not plain drawing code
+        return False
+    drawing = set(DRAWING_NAMES)
+    for statement in statements:
+        names = {node.id for node in ast.walk(statement) if isinstance(node, ast.Name)}
+        if not names & drawing:
+            return False
+        drawing |= {node.id for node in ast.walk(statement)
+                    if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)}
+    return bool(statements)
+
+
+def shows_only_figures(cell):
+    outputs = cell.get("outputs", [])
+    return bool(outputs) and all("image/png" in out.get("data", {}) for out in outputs)
+
+
+def collapse_drawing_cells(nb):
+    """Tag `hide-input` the code cells whose outputs are all figures and whose code only
+    draws them; untag the others.  Returns the collapsed cells."""
+    collapsed = []
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        tags = [t for t in cell.metadata.get("tags", []) if t != COLLAPSED_TAG]
+        if shows_only_figures(cell) and only_draws(cell.source):
+            tags.append(COLLAPSED_TAG)
+            collapsed.append(cell)
+        if tags:
+            cell.metadata["tags"] = tags
+        else:
+            cell.metadata.pop("tags", None)
+    return collapsed
 
 
 def strip_solutions(nb, keep_solution_code=False):

@@ -163,7 +163,7 @@ def _interpreter_case():
 
 @exercise("ch7.t4_blocks")
 def check_t4_blocks(block_q):
-    from attnlib.triton_attention import shared_memory_bytes, triton_attention
+    from attnlib.triton_attention import shared_memory_bytes, triton, triton_attention
 
     setting = T4_BLOCKS_SETTING
     expected = largest_block_q(**setting)
@@ -180,6 +180,10 @@ def check_t4_blocks(block_q):
     if got != expected:
         raise Wrong(f"block_q = {got} fits ({needed:,} bytes), but a larger power of two does "
                     "too: the larger the query block, the fewer times K and V are read.")
+    if triton is None:
+        return (f"{got} queries by {setting['block_k']} keys use {needed:,} of the T4's "
+                f"{setting['shared_memory']:,} bytes. (Triton is not installed here, so the "
+                "kernel was not run with them: pip install triton.)")
     q, k, v = _interpreter_case()
     out = triton_attention(q, k, v, is_causal=True, block_q=got,
                            block_k=setting["block_k"], num_stages=setting["num_stages"])
