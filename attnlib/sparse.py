@@ -36,6 +36,17 @@ from attnlib.attention import scaled_dot_product_attention, softmax
 from attnlib.masking import causal_mask, sliding_window_mask
 
 
+def _self_attention_sizes(function, q, k, v, window):
+    """The broadcast batch shape and N of a windowed self-attention's arguments, checked."""
+    batch_shape = validate_qkv(q, k, v)
+    require_positive_int("window", window)
+    n = q.shape[-2]
+    if k.shape[-2] != n:
+        raise ValueError(f"{function} is self-attention: q and k must have the same length "
+                         f"N, got q of shape {tuple(q.shape)} and k of shape {tuple(k.shape)}")
+    return batch_shape, n
+
+
 def sliding_window_attention(q, k, v, window, scale=None):
     """Causal sliding-window attention: query i attends to keys max(0, i - window + 1) .. i.
 
@@ -44,13 +55,7 @@ def sliding_window_attention(q, k, v, window, scale=None):
     each block of queries meets its own block of keys and the one before, so the scores
     are N x 2*window instead of N x N: time and memory grow like N * window.
     """
-    batch_shape = validate_qkv(q, k, v)
-    require_positive_int("window", window)
-    n = q.shape[-2]
-    if k.shape[-2] != n:
-        raise ValueError(f"sliding_window_attention is self-attention: q and k must have the "
-                         f"same length N, got q of shape {tuple(q.shape)} and k of shape "
-                         f"{tuple(k.shape)}")
+    batch_shape, n = _self_attention_sizes("sliding_window_attention", q, k, v, window)
     if n == 0:
         return v.new_zeros(*batch_shape, 0, v.shape[-1])
     scale = resolve_scale(scale, q.shape[-1])
@@ -140,13 +145,7 @@ def window_global_attention(q, k, v, window, global_tokens=(), is_causal=False, 
     window + g) + g * N entries, linear in N (`window_score_bytes`).  Every query sees
     itself, so no row is empty.
     """
-    batch_shape = validate_qkv(q, k, v)
-    require_positive_int("window", window)
-    n = q.shape[-2]
-    if k.shape[-2] != n:
-        raise ValueError(f"window_global_attention is self-attention: q and k must have the same "
-                         f"length N, got q of shape {tuple(q.shape)} and k of shape "
-                         f"{tuple(k.shape)}")
+    batch_shape, n = _self_attention_sizes("window_global_attention", q, k, v, window)
     glob = _global_positions(global_tokens, n, q.device)
     if n == 0:
         return v.new_zeros(*batch_shape, 0, v.shape[-1])

@@ -27,32 +27,16 @@ from attnlib.flash import (
     tiled_io,
 )
 from tests.low_precision import assert_as_accurate_as_pytorch, large_scores_case
+from tests.reference import random_qkv, scores64
 
 
 def random_case(seed, dtype=torch.float32):
-    """Random shapes: leading dims that broadcast, L != S, ragged last blocks, causal or not."""
-    rng = random.Random(seed)
-    gen = torch.Generator().manual_seed(seed)
-    lead = rng.choice([(), (2,), (2, 3), (1, 4)])
-    lead_k = tuple(1 if rng.random() < 0.3 else d for d in lead)
-    n_q, n_k = rng.randint(1, 70), rng.randint(1, 70)
-    d_k, d_v = rng.randint(1, 16), rng.randint(1, 16)
-    q = torch.randn(*lead, n_q, d_k, generator=gen, dtype=dtype)
-    k = torch.randn(*lead_k, n_k, d_k, generator=gen, dtype=dtype)
-    v = torch.randn(*lead_k, n_k, d_v, generator=gen, dtype=dtype)
+    """Random shapes (`random_qkv`: leading dims that broadcast, L != S, d_v != d_k), ragged
+    last blocks, causal or not."""
+    q, k, v, rng = random_qkv(seed, dtype, max_n=70, max_d=16)
     options = {"is_causal": rng.random() < 0.5, "block_q": rng.randint(1, 24),
                "block_k": rng.randint(1, 24), "scale": rng.choice([None, 0.3, 2.0])}
     return q, k, v, options
-
-
-def masked_scores64(q, k, is_causal=False, scale=None):
-    """Q K^T * scale in float64, -inf above the diagonal (top-left) when causal."""
-    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
-    scores = q.double() @ k.double().mT * scale
-    if is_causal:
-        visible = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()
-        scores = scores.masked_fill(~visible, -math.inf)
-    return scores
 
 
 @pytest.mark.parametrize("seed", range(60))
@@ -81,7 +65,7 @@ def test_default_blocks_with_ragged_last_blocks(n_q, n_k, is_causal):
 def test_lse_is_the_log_of_each_rows_normaliser(seed):
     q, k, v, options = random_case(seed, torch.float64)
     out, lse = flash_attention(q, k, v, return_lse=True, **options)
-    scores = masked_scores64(q, k, options["is_causal"], options["scale"])
+    scores = scores64(q, k, is_causal=options["is_causal"], scale=options["scale"])
     expected = torch.logsumexp(scores, dim=-1)
     torch.testing.assert_close(lse, expected.expand_as(lse), rtol=1e-12, atol=1e-12)
     weights = torch.exp(scores - expected.unsqueeze(-1))  # the softmax, from lse alone
@@ -226,7 +210,7 @@ def test_lse_is_float32_and_exact_for_low_precision_inputs(dtype):
     q, k, v, _ = large_scores_case(70, 32, dtype)
     out, lse = flash_attention(q, k, v, is_causal=True, return_lse=True, block_q=16, block_k=16)
     assert lse.dtype == accumulation_dtype(dtype) == torch.float32
-    expected = torch.logsumexp(masked_scores64(q, k, is_causal=True), dim=-1)
+    expected = torch.logsumexp(scores64(q, k, is_causal=True), dim=-1)
     torch.testing.assert_close(lse.double(), expected, rtol=1e-6, atol=1e-5)
 
 
@@ -259,12 +243,12 @@ def test_tiled_forward_and_backward_are_the_pieces_of_flash_attention():
     out, lse = tiled_forward(q, k, v, 0.7, is_causal=True, block_q=4, block_k=6)
     torch.testing.assert_close(out, scaled_dot_product_attention(q, k, v, is_causal=True,
                                                                  scale=0.7))
-    torch.testing.assert_close(lse, torch.logsumexp(masked_scores64(q, k, True, 0.7), -1))
+    torch.testing.assert_close(lse, torch.logsumexp(scores64(q, k, is_causal=True, scale=0.7), -1))
     grad_out, grad_lse = torch.randn_like(out), torch.randn_like(lse)
     grads = tiled_backward(q, k, v, out, lse, grad_out, grad_lse, scale=0.7, is_causal=True,
                            block_q=5, block_k=3)
     inputs = [t.clone().requires_grad_() for t in (q, k, v)]
-    scores = masked_scores64(*inputs[:2], True, 0.7)
+    scores = scores64(*inputs[:2], is_causal=True, scale=0.7)
     expected_lse = torch.logsumexp(scores, -1)
     expected_out = torch.softmax(scores, -1) @ inputs[2]
     torch.autograd.backward((expected_out, expected_lse), (grad_out, grad_lse))
@@ -278,7 +262,7 @@ def test_key_blocks_and_tile_scores_build_the_scores_matrix():
     for block in key_blocks(4, 8, 13, 5, is_causal=True):
         assembled[block.q_start:block.q_end, block.k_start:block.k_end] = tile_scores(q, k,
                                                                                      block)[0]
-    expected = masked_scores64(q[0], k[0], is_causal=True, scale=1.0).float()
+    expected = scores64(q[0], k[0], is_causal=True, scale=1.0).float()
     torch.testing.assert_close(assembled[4:8], expected[4:8])
     assert [b.k_start for b in key_blocks(4, 8, 13, 5, is_causal=True)] == [0, 5]
     assert [b.k_start for b in key_blocks(4, 8, 13, 5)] == [0, 5, 10]
@@ -380,7 +364,7 @@ def test_flash_steps_walk_the_schedule_and_end_at_the_attention_output(is_causal
     assert [s.block for s in steps] == block_schedule(11, 11, 4, 3, is_causal)
     expected = scaled_dot_product_attention(q, k, v, is_causal=is_causal)
     torch.testing.assert_close(steps[-1].out, expected)
-    scores = masked_scores64(q, k, is_causal)
+    scores = scores64(q, k, is_causal=is_causal)
     torch.testing.assert_close(steps[-1].m, scores.amax(-1))
     torch.testing.assert_close(steps[-1].ell, torch.exp(scores - scores.amax(-1, True)).sum(-1))
     for step, following in zip(steps, steps[1:], strict=False):
