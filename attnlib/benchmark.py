@@ -509,10 +509,16 @@ def format_comparison(record):
                 elif r["status"] == "ok":
                     share = "" if r["percent_of_peak"] is None else \
                         f" ({r['percent_of_peak']:.0f}%)"
-                    cells.append(f" {r['tflops']:>9.3g}{share:>6}")
+                    noisy = "~" if r["iqr_s"] > measure.MAX_SPREAD * r["median_s"] else ""
+                    cells.append(f" {noisy:>1}{r['tflops']:>8.3g}{share:>6}")
                 else:
                     cells.append(f" {short[r['status']]:>15}")
             lines.append(f"{n:>6}" + "".join(cells))
+    if any(r["status"] == "ok" and r["iqr_s"] > measure.MAX_SPREAD * r["median_s"]
+           for r in results):
+        lines += ["", f"~: its repeats disagree by more than {measure.MAX_SPREAD:.0%} of their "
+                  "median: too noisy to compare with its neighbours; rerun on a quieter "
+                  "machine."]
     reasons = {(r["implementation"], r["dtype"], r["d"]): r["reason"] for r in results
                if r["status"] == "unavailable"}
     if reasons:

@@ -456,6 +456,10 @@ def _verdict(value, spread, residual, finding, label, max_spread, max_residual, 
         fitted = "" if residual is None else f", points within {residual:.0%} of the power law"
         sentence = (f"{prefix}{finding.format(value)} (repeats agree within {spread:.0%}"
                     f"{fitted}{note})")
+    elif spread <= max_spread:  # steady repeats, but the points do not lie on one line
+        sentence = (f"{prefix}no single power law: the points stray up to {residual:.0%} from "
+                    f"the best line (repeats agree within {spread:.0%}{note}); the growth "
+                    "changes over these sizes, so no exponent is given")
     else:
         fitted = "" if residual is None else f", fit residual {residual:.0%}"
         sentence = (f"{prefix}too noisy to tell: spread up to {spread:.0%}{fitted}{note}; "

@@ -176,9 +176,11 @@ def test_the_comparison_table_shows_figures_and_reasons():
               "date": "2026-12-01T00:00:00+00:00", "peak": {"source": "vendor page"},
               "setting": {"ns": [512, 1024]},
               "results": [{**base, "implementation": "sdpa-flash", "n": 512, "status": "ok",
-                           "tflops": 312.4, "percent_of_peak": 31.6},
+                           "tflops": 312.4, "percent_of_peak": 31.6, "median_s": 1.0,
+                           "iqr_s": 0.01},
                           {**base, "implementation": "naive", "n": 512, "status": "ok",
-                           "tflops": 20.0, "percent_of_peak": None},
+                           "tflops": 20.0, "percent_of_peak": None, "median_s": 1.0,
+                           "iqr_s": 0.5},
                           {**base, "implementation": "naive", "n": 1024,
                            "status": "does not fit"},
                           {**base, "implementation": "sdpa-cudnn", "n": 512,
@@ -186,6 +188,7 @@ def test_the_comparison_table_shows_figures_and_reasons():
     table = benchmark.format_comparison(record)
     assert "float16, d = 64, causal, forward: TFLOP/s (% of peak)" in table
     assert "312 (32%)" in table and "no fit" in table
+    assert "~      20" in table and "~: its repeats disagree by more than 20%" in table
     assert "sdpa-cudnn (float16, d = 64): cuDNN needs sm80" in table
 
 

@@ -42,7 +42,7 @@ def test_the_references_are_the_numbers_the_chapter_states():
 
 def test_t4_fit_hints_first_then_reveals():
     assert_hints_then_reveals("ch7.t4_fit", {"naive": 32768, "fused": 1048576},
-                              "naive: 32,768 is not the largest N that fits",
+                              "naive: 32,768 does not fit: it needs 34.4 GB",
                               "naive 16,384, fused 1,048,576")
     assert_rejects("ch7.t4_fit", {"naive": 16384, "fused": 16384},
                    "fused: 16,384 is not the largest N that fits: it never stores")

@@ -196,3 +196,19 @@ def test_recall_capacity_accepts_64_as_a_float():
 def test_recall_capacity_praise_gives_the_crosstalk_beyond():
     verdict = attnlib.check("ch8.recall_capacity", 64)
     assert verdict and "(1.00 at 128 pairs)" in verdict.message
+
+
+def test_linear_step_names_plain_elu_and_explains_a_vector_only_outer_product():
+    def plain_elu(state, normaliser, q, k, v):
+        fq, fk = torch.nn.functional.elu(q), torch.nn.functional.elu(k)
+        state = state + fk.unsqueeze(-1) * v.unsqueeze(-2)
+        normaliser = normaliser + fk
+        return (fq.unsqueeze(-1) * state).sum(-2) / (fq * normaliser).sum(-1, keepdim=True), \
+            state, normaliser
+
+    def with_outer(state, normaliser, q, k, v):
+        fk = torch.nn.functional.elu(k) + 1
+        return None, state + torch.outer(fk, v), normaliser + fk
+
+    assert_rejects("ch8.linear_step", plain_elu, "the feature map is elu(x) + 1, not elu(x)")
+    assert_rejects("ch8.linear_step", with_outer, "torch.outer takes two vectors")

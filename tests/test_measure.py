@@ -379,10 +379,12 @@ def test_the_judgement_flips_from_a_finding_to_too_noisy_to_tell():
     assert "N^" not in busy.sentence  # the noisy exponent is not printed as a finding
 
 
-def test_a_large_residual_alone_or_a_large_spread_alone_is_too_noisy():
+def test_a_large_residual_alone_is_no_power_law_and_a_large_spread_alone_is_too_noisy():
     quiet_but_off = power_law_runs({"off": BUSY["off"], "spread": QUIET["spread"]})
     assert fit_power_law(SIZES, [r.seconds for r in quiet_but_off]).residual > MAX_RESIDUAL
-    assert not judge_growth(quiet_but_off).meaningful
+    off = judge_growth(quiet_but_off)
+    assert not off.meaningful and off.sentence.startswith("no single power law: the points ")
+    assert "so no exponent is given" in off.sentence and "too noisy" not in off.sentence
     on_the_line_but_spread = power_law_runs({"off": QUIET["off"], "spread": BUSY["spread"]})
     assert not judge_growth(on_the_line_but_spread).meaningful
     assert judge_growth(on_the_line_but_spread, max_spread=0.9).meaningful

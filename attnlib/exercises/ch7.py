@@ -54,12 +54,16 @@ def check_t4_fit(answer):
         "fused": "it never stores the N x N table: q, k, v and the output take 4 x heads x N "
                  "x d x 2 bytes, linear in N",
     }
+    needs = {"naive": lambda n: cost.score_matrix_bytes(n, T4_FIT_SETTING["heads"],
+                                                       dtype=T4_FIT_SETTING["dtype"]),
+             "fused": lambda n: 4 * T4_FIT_SETTING["heads"] * n * T4_FIT_SETTING["d"] * 2}
     for key in expected:
         got = whole_number(answer[key], f"{key} (a sequence length)")
         if got != expected[key]:
-            wrong_prediction("ch7.t4_fit", f"{key}: {got:,} is not the largest N that fits: "
-                             f"{hints[key]}", f"naive {expected['naive']:,}, fused "
-                             f"{expected['fused']:,}")
+            verdict = (f"does not fit: it needs {needs[key](got) / 1e9:,.1f} GB"
+                       if got > expected[key] else "is not the largest N that fits")
+            wrong_prediction("ch7.t4_fit", f"{key}: {got:,} {verdict}: {hints[key]}",
+                             f"naive {expected['naive']:,}, fused {expected['fused']:,}")
     ratio = expected["fused"] // expected["naive"]
     return (f"naive attention stops at N = {expected['naive']:,}, a fused kernel runs to "
             f"{expected['fused']:,}: {ratio} times longer texts on the same 16 GB.")

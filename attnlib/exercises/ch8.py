@@ -103,13 +103,20 @@ def _is(got, candidate):
                                    equal_nan=True).all()))
 
 
+def _outer_hint(error):
+    if "outer" in str(error) or "Expected 1-D" in str(error):
+        return ("torch.outer takes two vectors; with batch dimensions write the outer product "
+                "as phi_k.unsqueeze(-1) * v.unsqueeze(-2).")
+    return None
+
+
 @exercise("ch8.linear_step")
 def check_linear_step(my_step):
     refuse_library(my_step, (linear_attention_step,), "with elu(x) + 1, an outer product and "
                    "two sums")
     for description, state, normaliser, q, k, v in _step_cases():
         got = call(my_step, *(t.clone() for t in (state, normaliser, q, k, v)),
-                   called_with=description)
+                   called_with=description, hint=_outer_hint)
         if not isinstance(got, (tuple, list)) or len(got) != 3:
             raise Wrong(f"return the triple (out, S, z), got {type(got).__name__}.")
         out, new_state, new_normaliser = got
@@ -123,6 +130,10 @@ def check_linear_step(my_step):
         if _is(new_state, state + k.unsqueeze(-1) @ v.unsqueeze(-2)):
             raise Wrong(f"S' is not right {where}: apply the feature map to k before writing "
                         "it, S' = S + phi(k) v^T.")
+        plain_elu = torch.nn.functional.elu(k)
+        if _is(new_state, state + plain_elu.unsqueeze(-1) @ v.unsqueeze(-2)):
+            raise Wrong(f"S' is not right {where}: the feature map is elu(x) + 1, not elu(x), "
+                        "so that every feature is positive.")
         same_tensor(new_state, expected[1], f"S' {where}")
         if _is(new_normaliser, normaliser + k):
             raise Wrong(f"z' is not right {where}: it adds k; add phi(k).")
