@@ -20,6 +20,8 @@ from tools.assignments import (
 )
 from tools.notebooks import BEGIN, ROOT, chapter_notebooks, repository
 
+pytestmark = pytest.mark.notebooks  # runs or reads the chapter notebooks
+
 GUIDE = (ROOT / "instructors.md").read_text()
 
 

@@ -13,6 +13,8 @@ from tools.notebooks import (
     shows_only_figures,
 )
 
+pytestmark = pytest.mark.notebooks  # runs or reads the chapter notebooks
+
 FIGURE = nbformat.v4.new_output("display_data", {"image/png": "iVBORw0KGgo=",
                                                  "text/plain": "<Figure>"})
 TEXT = nbformat.v4.new_output("stream", name="stdout", text="3\n")

@@ -24,6 +24,8 @@ from nbgrader.api import Gradebook
 import attnlib
 from tools.assignments import POINTS, autograder_id, write_course
 
+pytestmark = pytest.mark.notebooks  # runs or reads the chapter notebooks
+
 CHAPTERS = {2: "ch2", 3: "ch3"}
 
 # Right answers, none of them the library's own code.
